@@ -1,0 +1,31 @@
+"""Entry point of a KillablePool worker process: ``python -m mdreward._worker module:function R W``.
+
+Reads pickled payloads from fd R, answers ``(kind, value)`` on fd W. Started with an empty
+``__main__`` so a user's script is never re-imported in workers.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from multiprocessing.connection import Connection
+
+
+def main() -> None:
+    target, read_fd, write_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    module_name, func_name = target.split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    outbox.send(("ready", None))
+    while True:
+        try:
+            payload = inbox.recv()
+        except EOFError:
+            return
+        try:
+            outbox.send(("ok", func(payload)))
+        except Exception as exc:  # report and keep serving; the parent decides what it means
+            outbox.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+if __name__ == "__main__":
+    main()

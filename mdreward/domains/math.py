@@ -1,0 +1,170 @@
+"""Math: the final answer after ``</think>`` must be symbolically equivalent to the reference.
+
+Pipeline per batch: format rules and extraction in this process; hedges are wrong; identical
+(answer, reference) pairs are checked once (batch dedupe + LRU cache); exact numbers compare
+as fractions here; everything else goes to ``math_check`` in killable worker processes.
+"""
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from fractions import Fraction
+from typing import Any, Sequence
+
+from ..extract import FormatViolation, final_answer, split_think
+from ..registry import DomainSpec
+from ..runtime import KillablePool, LRUCache, TaskTimedOut, WorkerCrashed
+from ..timeouts import Timeouts
+from ..types import FormatRules, RewardTable, Sample, Score
+
+TABLE = RewardTable({"correct": 1.0, "wrong": -0.5, "format_error": -1.0})
+
+#: Markers of a hedged answer; one in the answer but not in the reference makes it wrong.
+HEDGE_MARKERS = (r"\pm", "±", r"\mp", "∓", r"\lor", r"\vee", " or ", r"\text{or}", r"\text{ or }", r"\quad\text{or}")
+MAX_ANSWER_CHARS = 1_000
+_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+_FRACTION = re.compile(r"^([+-])?\\d?frac\{([+-]?\d+)\}\{([+-]?\d+)\}$|^([+-]?\d+)\s*/\s*([+-]?\d+)$")
+
+
+def _clean(text: str) -> str:
+    text = text.strip()
+    text = re.sub(r"^\$+|\$+$", "", text).strip()
+    text = re.sub(r"^\\\(|\\\)$", "", text).strip()
+    text = re.sub(r"\\[,;!:]|\\ ", "", text)
+    text = re.sub(r"\\text\{\s*([^{}]*?)\s*\}", r"\1", text)
+    text = text.rstrip(".").strip()
+    return re.sub(r"\s+", " ", text)
+
+
+def exact_number(text: str) -> Fraction | None:
+    """The exact value of a plain integer, decimal or integer fraction; None otherwise."""
+    compact = text.replace(" ", "").replace("{,}", "")
+    if _NUMBER.match(compact):
+        return Fraction(compact)
+    match = _FRACTION.match(compact)
+    if match:
+        sign, num, den, num2, den2 = match.groups()
+        num, den = (num, den) if num is not None else (num2, den2)
+        if int(den) == 0:
+            return None
+        value = Fraction(int(num), int(den))
+        return -value if sign == "-" else value
+    return None
+
+
+def _terminates(value: Fraction) -> bool:
+    den = value.denominator
+    for p in (2, 5):
+        while den % p == 0:
+            den //= p
+    return den == 1
+
+
+def fast_equivalence(answer: str, reference: str) -> bool | None:
+    """Certain verdicts without sympy: identical text, or two exact numbers. None: undecided."""
+    if answer == reference:
+        return True
+    a, r = exact_number(answer), exact_number(reference)
+    if a is None or r is None:
+        return None
+    if a == r:
+        return True
+    written_as_decimal = "." in answer
+    if written_as_decimal and not _terminates(r):
+        return None  # e.g. 4.6666667 for 14/3: Math-Verify's rounding rules decide
+    return False
+
+
+def is_hedged(answer: str, reference: str) -> bool:
+    return any(marker in answer and marker not in reference for marker in HEDGE_MARKERS)
+
+
+class MathDomain:
+    name = "math"
+
+    def __init__(self, *, format_rules: FormatRules, timeouts: Timeouts, table: RewardTable = TABLE,
+                 workers: int | None = None, cache_size: int = 200_000) -> None:
+        self.table = table
+        self.format_rules = format_rules
+        self.timeouts = timeouts
+        self._pool = KillablePool("mdreward.domains.math_check:check", workers=workers,
+                                  start_timeout_s=timeouts.worker_start_s)
+        self._cache: LRUCache[tuple[str, str], dict[str, Any]] = LRUCache(cache_size)
+
+    async def score_batch(self, samples: Sequence[Sample]) -> list[Score]:
+        scores: list[Score | None] = [None] * len(samples)
+        pending: dict[tuple[str, str], list[int]] = {}
+        answers: list[str] = [""] * len(samples)
+        for i, sample in enumerate(samples):
+            outcome = self._extract(sample)
+            if isinstance(outcome, Score):
+                scores[i] = outcome
+                continue
+            answers[i] = outcome
+            pending.setdefault((outcome, _clean(sample.reference or "")), []).append(i)
+        verdicts = await asyncio.gather(*(self._equivalent(answer, reference) for answer, reference in pending))
+        for (key, indices), verdict in zip(pending.items(), verdicts):
+            for i in indices:
+                scores[i] = self._score(answers[i], verdict, samples[i])
+        return [s for s in scores if s is not None]
+
+    def _extract(self, sample: Sample) -> str | Score:
+        split = split_think(sample.response, self.format_rules)
+        if isinstance(split, FormatViolation):
+            return Score.format_error(self.table["format_error"], split.reason)
+        found = final_answer(split.after)
+        if isinstance(found, FormatViolation):
+            return Score.format_error(self.table["format_error"], found.reason)
+        answer = _clean(found.text)
+        reference = _clean(sample.reference or "")
+        if found.is_ambiguous:
+            return self._score(answer, {"equivalent": False, "method": "several_final_answers"})
+        if is_hedged(answer, reference):
+            return self._score(answer, {"equivalent": False, "method": "hedged"})
+        if len(answer) > MAX_ANSWER_CHARS:
+            return self._score(answer, {"equivalent": answer == reference, "method": "too_long_exact_only"})
+        return answer
+
+    async def _equivalent(self, answer: str, reference: str) -> dict[str, Any]:
+        fast = fast_equivalence(answer, reference)
+        if fast is not None:
+            return {"equivalent": fast, "method": "exact"}
+        key = (answer, reference)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        started = time.perf_counter()
+        t = self.timeouts
+        try:
+            verdict = await asyncio.wrap_future(
+                self._pool.submit((reference, answer, t.math_parse_s, t.math_verify_s), t.math_hard_kill_s))
+        except TaskTimedOut:
+            verdict = {"equivalent": False, "method": "timeout"}
+        except (WorkerCrashed, RuntimeError) as exc:
+            return {"error": f"equivalence check failed: {exc}"}
+        verdict = {**verdict, "check_s": round(time.perf_counter() - started, 6)}
+        self._cache.put(key, verdict)
+        return verdict
+
+    def _score(self, answer: str, verdict: dict[str, Any], sample: Sample | None = None) -> Score:
+        if "error" in verdict:
+            where = sample.where() if sample is not None else "record"
+            return Score.unscored(f"{where}: {verdict['error']}", format_ok=True, extracted_answer=answer)
+        correct = bool(verdict["equivalent"])
+        return Score.ok(self.table["correct" if correct else "wrong"], answer=answer, format_ok=True,
+                        correct=correct, extracted_answer=answer, method=verdict["method"],
+                        **({"check_s": verdict["check_s"]} if "check_s" in verdict else {}))
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._pool.close)
+
+
+spec = DomainSpec(
+    name="math",
+    factory=MathDomain,
+    description="Final answer (<answer> or last \\boxed{}) symbolically equal to the reference (Math-Verify + exact guards).",
+    table=TABLE,
+    required_fields=("response", "reference"),
+    example=Sample(domain="math", response="<think>2 + 2 = 4</think> The answer is \\boxed{4}.", reference="4"),
+)

