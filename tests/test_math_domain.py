@@ -1,0 +1,87 @@
+import time
+
+import pytest
+
+from conftest import load_cases
+from mdreward import Sample, Scorer, ScoringConfig, Status, Timeouts
+from mdreward.domains.math import exact_number, fast_equivalence
+
+CASES = load_cases("equivalence.jsonl")
+
+
+def response(answer: str) -> str:
+    return f"<think>working it out</think> The final answer is \\boxed{{{answer}}}."
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c['source']}:{c['name']}" for c in CASES])
+def test_equivalence_case_table(scorer, case):
+    score = scorer.score(Sample("math", response(case["answer"]), reference=case["reference"]))
+    assert score.status is Status.OK, score
+    assert score.components["correct"] is case["equivalent"], dict(score.components)
+    assert score.reward == (1.0 if case["equivalent"] else -0.5)
+
+
+def test_reward_table_of_the_paper(scorer):
+    right, wrong, bad = scorer.score_batch([
+        Sample("math", response("4"), reference="4"),
+        Sample("math", response("5"), reference="4"),
+        Sample("math", "\\boxed{4}", reference="4"),
+    ])
+    assert (right.reward, wrong.reward, bad.reward) == (1.0, -0.5, -1.0)
+    assert bad.status is Status.FORMAT_ERROR
+
+
+@pytest.mark.parametrize("hedge", ["x = 1 \\text{ or } x = 2", "\\pm 2", "2 or -2"])
+def test_hedges_are_wrong(scorer, hedge):
+    score = scorer.score(Sample("math", response(hedge), reference="2"))
+    assert score.reward == -0.5 and score.components["method"] == "hedged"
+
+
+def test_plus_minus_allowed_when_the_reference_has_it(scorer):
+    assert scorer.score(Sample("math", response("\\pm 2"), reference="\\pm 2")).reward == 1.0
+
+
+def test_reward_overrides_apply():
+    config = ScoringConfig(domain_options={"math": {"rewards": {"wrong": 0.0}}})
+    with Scorer(config) as s:
+        assert s.score(Sample("math", response("5"), reference="4")).reward == 0.0
+
+
+def test_think_in_prompt_is_an_explicit_option():
+    from mdreward import FormatRules
+
+    sample = Sample("math", "reasoning</think> \\boxed{4}", reference="4")
+    with Scorer(ScoringConfig(format_rules=FormatRules(think_in_prompt=True))) as s:
+        assert s.score(sample).reward == 1.0
+    with Scorer() as s:
+        assert s.score(sample).status is Status.FORMAT_ERROR
+
+
+def test_hanging_check_is_killed_and_counts_as_wrong_without_stalling_the_batch():
+    timeouts = Timeouts(math_parse_s=30, math_verify_s=30, math_hard_kill_s=2.0)
+    tower = "9^{9^{9^{9^{9}}}}"
+    batch = [Sample("math", response(tower), reference="3^{3^{3^{3^{3^{3}}}}}")] + [
+        Sample("math", response("\\frac{\\sqrt{2}}{2}"), reference="\\frac{1}{\\sqrt{2}}")] * 4
+    with Scorer(ScoringConfig(timeouts=timeouts, domain_options={"math": {"workers": 2}})) as s:
+        started = time.perf_counter()
+        scores = s.score_batch(batch)
+        elapsed = time.perf_counter() - started
+    assert scores[0].reward == -0.5 and scores[0].components["method"] == "timeout"
+    assert all(sc.reward == 1.0 for sc in scores[1:])
+    assert elapsed < 30
+
+
+def test_identical_work_is_checked_once(scorer):
+    domain = scorer._domain("math")
+    before = domain._cache.misses
+    batch = [Sample("math", response("\\frac{\\sqrt{3}}{3}"), reference="\\frac{1}{\\sqrt{3}}")] * 16
+    assert {s.reward for s in scorer.score_batch(batch)} == {1.0}
+    assert domain._cache.misses - before == 1
+
+
+def test_exact_numbers():
+    assert exact_number("\\frac{-3}{4}") == exact_number("-0.75")
+    assert exact_number("x") is None
+    assert fast_equivalence("0.75", "\\frac{3}{4}") is True
+    assert fast_equivalence("4.6666667", "\\frac{14}{3}") is None  # undecided: Math-Verify rounds
+    assert fast_equivalence("7", "8") is False

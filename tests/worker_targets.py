@@ -1,0 +1,15 @@
+"""Tasks for KillablePool tests (imported inside worker processes)."""
+import os
+import time
+
+
+def run(payload):
+    action, value = payload
+    if action == "sleep":
+        time.sleep(value)
+        return value
+    if action == "exit":
+        os._exit(value)
+    if action == "raise":
+        raise ValueError("task failed")
+    return value
