@@ -1,7 +1,8 @@
 """Entry point of a KillablePool worker process: ``python -m mdreward._worker module:function R W``.
 
 Reads pickled payloads from fd R, answers ``(kind, value)`` on fd W. Started with an empty
-``__main__`` so a user's script is never re-imported in workers.
+``__main__`` so a user's script is never re-imported in workers. If the target's module has a
+``warm_up()`` it runs before the worker reports ready (first calls into sympy are slow).
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from multiprocessing.connection import Connection
 def main() -> None:
     target, read_fd, write_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     module_name, func_name = target.split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
+    module = importlib.import_module(module_name)
+    func = getattr(module, func_name)
+    if hasattr(module, "warm_up"):
+        module.warm_up()
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     outbox.send(("ready", None))
     while True:

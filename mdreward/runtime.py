@@ -31,6 +31,23 @@ class WorkerCrashed(Exception):
     """The worker process died while running the task (it was replaced)."""
 
 
+class _Countdown:
+    """Set once ``count`` parties have counted down."""
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._cond = threading.Condition()
+
+    def count_down(self) -> None:
+        with self._cond:
+            self._left -= 1
+            self._cond.notify_all()
+
+    def wait(self) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._left <= 0)
+
+
 @dataclass(frozen=True)
 class _Worker:
     process: subprocess.Popen
@@ -66,14 +83,21 @@ class KillablePool:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._ready = _Countdown(self.workers)
         self.kills = 0
 
-    def submit(self, payload: Any, deadline_s: float) -> concurrent.futures.Future:
+    def start(self, wait: bool = True) -> None:
+        """Start every worker now (they also start on the first ``submit``); ``wait`` until all are ready."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("pool is closed")
             if not self._threads:
                 self._start()
+        if wait:
+            self._ready.wait()
+
+    def submit(self, payload: Any, deadline_s: float) -> concurrent.futures.Future:
+        self.start(wait=False)
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._jobs.put(_Job(payload, future, deadline_s))
         return future
@@ -106,6 +130,12 @@ class KillablePool:
 
     def _serve(self) -> None:
         worker: _Worker | None = None
+        try:
+            worker = self._spawn()
+        except WorkerCrashed:
+            log.exception("worker for %s failed to start; retrying on the next task", self.target)
+        finally:
+            self._ready.count_down()
         while True:
             job = self._jobs.get()
             if job is None:

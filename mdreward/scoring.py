@@ -57,6 +57,11 @@ class Scorer:
     async def ascore_batch(self, samples: Iterable[Sample | Mapping[str, Any]]) -> list[Score]:
         return await self._loop.run_async(self._score_batch(list(samples)))
 
+    def warm_up(self, domains: Iterable[str] | None = None) -> None:
+        """Build the named domains (default: all installed) and start their workers now, so the
+        first RL step does not pay for it. Domains that cannot run are skipped."""
+        self._loop.run(self._warm_up(list(domains) if domains is not None else self.registry.names()))
+
     def close(self) -> None:
         self._loop.close(self._aclose_domains)
 
@@ -135,6 +140,13 @@ class Scorer:
         where = item.where() if isinstance(item, Sample) else (
             f"record {str(item.get('id'))!r}" if isinstance(item, Mapping) and item.get("id") is not None else "record")
         return f"{where}: {message}"
+
+    async def _warm_up(self, names: list[str]) -> None:
+        for name in names:
+            domain = self._domain(self.registry.resolve(name))
+            warm = getattr(domain, "warm_up", None)
+            if warm is not None:
+                await warm()
 
     async def _aclose_domains(self) -> None:
         for domain in self._domains.values():

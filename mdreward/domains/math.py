@@ -28,13 +28,28 @@ _FRACTION = re.compile(r"^([+-])?\\d?frac\{([+-]?\d+)\}\{([+-]?\d+)\}$|^([+-]?\d
 
 
 def _clean(text: str) -> str:
+    """Presentation-only normalization: dollars, \\( \\), thin spaces, \\text{}, \\left/\\right,
+    \\dfrac, outer braces, a trailing period."""
     text = text.strip()
     text = re.sub(r"^\$+|\$+$", "", text).strip()
     text = re.sub(r"^\\\(|\\\)$", "", text).strip()
     text = re.sub(r"\\[,;!:]|\\ ", "", text)
     text = re.sub(r"\\text\{\s*([^{}]*?)\s*\}", r"\1", text)
+    text = re.sub(r"\\left\b|\\right\b", "", text)
+    text = re.sub(r"\\[dt]frac", r"\\frac", text)
     text = text.rstrip(".").strip()
+    while len(text) > 1 and text[0] == "{" and text[-1] == "}" and _balanced(text[1:-1]):
+        text = text[1:-1].strip()
     return re.sub(r"\s+", " ", text)
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += (ch == "{") - (ch == "}")
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 def exact_number(text: str) -> Fraction | None:
@@ -155,6 +170,10 @@ class MathDomain:
         return Score.ok(self.table["correct" if correct else "wrong"], answer=answer, format_ok=True,
                         correct=correct, extracted_answer=answer, method=verdict["method"],
                         **({"check_s": verdict["check_s"]} if "check_s" in verdict else {}))
+
+    async def warm_up(self) -> None:
+        """Start and warm every worker now instead of on the first batch."""
+        await asyncio.to_thread(self._pool.start)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._pool.close)
