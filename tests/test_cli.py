@@ -105,3 +105,12 @@ def test_config_file_sets_rules_and_unknown_keys_are_named(tmp_path):
     config.write_text("[format]\nthink_in_promt = true\n")
     result = mdreward("score", str(rollouts), "-o", str(out), "--overwrite", "--config", str(config))
     assert result.returncode == 2 and "think_in_promt" in result.stderr
+
+
+def test_domain_catalogue_in_docs_is_generated_from_the_registry():
+    from pathlib import Path
+
+    from mdreward.cli import domain_catalogue
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "domains.md"
+    assert docs.read_text() == domain_catalogue(), "regenerate: mdreward domains --markdown > docs/domains.md"
