@@ -16,14 +16,25 @@ class Timeouts:
     math_hard_kill_s: float = 10.0
     # Start-up of a worker process (imports included) before it counts as an infrastructure failure.
     worker_start_s: float = 60.0
-    # Code sandbox: one isolated run with all tests of a sample, and each test inside it.
+    # Code sandbox: one isolated run with all tests of a sample (wall), each test or stdio case
+    # inside it (wall), CPU seconds per sandboxed process (RLIMIT_CPU), start-up of a warm sandbox,
+    # the scorer's extra wait before it declares a silent sandbox dead, and the first back-off
+    # between retries of a remote sandbox service (doubled per retry).
     sandbox_run_s: float = 20.0
     sandbox_test_s: float = 6.0
     sandbox_cpu_s: float = 10.0
+    sandbox_start_s: float = 30.0
+    sandbox_grace_s: float = 5.0
+    sandbox_backoff_s: float = 0.5
     # Model judges and remote services: one request, and the total with retries.
     judge_request_s: float = 120.0
     judge_total_s: float = 600.0
+    # Judge retries: exponential backoff with full jitter, first delay and cap.
+    judge_backoff_s: float = 0.5
+    judge_backoff_max_s: float = 20.0
     service_request_s: float = 60.0
+    # HTTP reward service: on shutdown, in-flight requests get this long to finish.
+    server_drain_s: float = 60.0
 
 
 DEFAULT_TIMEOUTS = Timeouts()
