@@ -21,7 +21,7 @@ def _example_text() -> str:
     return resources.files("mdreward").joinpath("examples", EXAMPLE).read_text()
 
 
-def _judge_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def judge_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     judge = judge_section(args.config)
     url = args.judge_url or judge.get("url")
     model = args.judge_model or judge.get("model")
@@ -41,7 +41,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 2
     try:
         config = load_config(args.config, think_in_prompt=True if args.think_in_prompt else None,
-                             domain_options=_judge_options(args))
+                             domain_options=judge_options(args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
