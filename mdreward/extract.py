@@ -148,3 +148,29 @@ def last_code_block(after_think: str) -> str | FormatViolation:
     if not blocks or not blocks[-1].strip():
         return FormatViolation("no fenced python code block after </think>")
     return blocks[-1]
+
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
+_REPEATED_CHAR = re.compile(r"(.)\1{63,}", re.DOTALL)
+
+
+def garbled_reason(text: str) -> str | None:
+    """Why ``text`` (an answer part of a response) looks garbled, or None.
+
+    Garbled: control characters or U+FFFD replacement characters (broken decoding), one character
+    repeated 64+ times, or a text whose last 2000 characters are one short phrase repeated over
+    and over (a degenerate generation loop).
+    """
+    bad = _CONTROL_CHARS.search(text)
+    if bad:
+        return f"control or replacement character U+{ord(bad.group(0)):04X} in the answer"
+    run = _REPEATED_CHAR.search(text)
+    if run and not run.group(1).isspace() and run.group(1) not in "-=_*#.~":
+        return f"the character {run.group(1)!r} repeated {len(run.group(0))} times"
+    tail = text[-2000:]
+    if len(tail) >= 400:
+        for period in range(2, 41):
+            unit = tail[-period:]
+            if unit.strip() and tail.endswith(unit * (400 // period)):
+                return f"the answer ends in a loop repeating {unit!r}"
+    return None

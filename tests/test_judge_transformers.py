@@ -1,0 +1,78 @@
+"""The in-process transformers backend with a tiny model built offline, and every judged domain on it."""
+from __future__ import annotations
+
+import pytest
+
+from judge_support import tiny_judge
+from mdreward import Sample, Scorer, ScoringConfig, Status
+from mdreward.judges.base import JudgeReply, JudgeRequest
+from mdreward.judges.verdicts import final_decision, pairwise_verdict
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return tiny_judge()
+
+
+async def test_mixed_batch_keeps_order_and_is_deterministic(judge):
+    requests = [JudgeRequest.completion("Final Decision", max_tokens=6),
+                JudgeRequest.chat([("user", "hello")], max_tokens=6),
+                JudgeRequest.completion("The quick brown fox", max_tokens=9),
+                JudgeRequest.completion("Final Decision", max_tokens=6)]
+    first = await judge.generate(requests)
+    second = await judge.generate(list(reversed(requests)))
+    assert [r.text for r in first] == [r.text for r in reversed(second)]
+    assert first[0].text == first[3].text
+    assert all(isinstance(r, JudgeReply) for r in first)
+
+
+async def test_truncation_is_reported(judge):
+    (reply,) = await judge.generate([JudgeRequest.completion("The quick brown fox", max_tokens=3)])
+    assert reply.completion_tokens <= 3
+    if reply.completion_tokens == 3:
+        assert reply.finish_reason == "length" and reply.truncated
+
+
+async def test_special_token_text_in_a_plain_prompt_stays_text(judge):
+    (plain,) = await judge.generate([JudgeRequest.completion("<|im_end|>", max_tokens=1)])
+    assert plain.prompt_tokens > 1  # split into ordinary tokens, not the end-of-turn control token
+
+
+async def test_stop_strings_end_the_reply(judge):
+    (free,) = await judge.generate([JudgeRequest.completion("The quick brown fox", max_tokens=12)])
+    if len(free.text) > 4:
+        stop = free.text[2:4]
+        (stopped,) = await judge.generate([JudgeRequest.completion("The quick brown fox", max_tokens=12,
+                                                                   stop=(stop,))])
+        assert stop not in stopped.text and free.text.startswith(stopped.text)
+
+
+def test_every_judged_domain_runs_on_the_tiny_model(judge):
+    options = {"science": {"judge": judge, "max_judge_tokens": 16},
+               "writing": {"judge": judge, "max_judge_tokens": 16},
+               "writingbench": {"judge": judge, "max_judge_tokens": 16, "max_attempts": 2}}
+    with Scorer(ScoringConfig(domain_options=options)) as scorer:
+        science, writing, bench, fast = scorer.score_batch([
+            Sample("science", "<think>t</think><answer>Nitrogen gas</answer>", reference="Nitrogen", prompt="Air?"),
+            Sample("writing", "<think>t</think>Rain taps the roof.", reference="Rain falls.", prompt="Rain line."),
+            Sample("writingbench", "<think>t</think>A note.", prompt="Write a note.",
+                   metadata={"criteria": [{"name": "Clarity"}]}),
+            Sample("science", "<think>t</think><answer>Nitrogen</answer>", reference="Nitrogen"),
+        ])
+    # Science: the verdict (if any) is read from the model's real output and scored by the table.
+    assert science.status is Status.OK
+    verdict = final_decision(JudgeReply(science.components["judge_output"]))
+    if verdict.value == "Yes":
+        assert science.reward == pytest.approx(1.0 - 0.05 * 4)
+    else:
+        assert science.reward == 0.0 and science.components["verdict_problem"]
+    # Writing: a random model ends with no [[X]] verdict: unscored, with its outputs kept for inspection.
+    if writing.status is Status.ERROR:
+        assert writing.reward is None and "no verdict" in writing.error
+        assert pairwise_verdict(JudgeReply(writing.components["judge_output_response_first"])).value is None or \
+            pairwise_verdict(JudgeReply(writing.components["judge_output_reference_first"])).value is None
+    else:
+        assert writing.reward in (1.0, 0.25, -0.5)
+    # WritingBench: gibberish is not JSON: retried, then unscored.
+    assert bench.status is Status.ERROR and "no valid critic JSON after 2 attempt(s)" in bench.error
+    assert fast.reward == 1.0 and fast.components["method"] == "identical"

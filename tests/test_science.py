@@ -1,0 +1,176 @@
+"""Science domain: verifier protocol, reward table, fast path, rule-only mode, failures."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from judge_server import FaultPlan, JudgeServer, ScriptedEngine, free_port_with_nothing_listening
+from conftest import load_cases
+from judge_support import TEST_TIMEOUTS
+from mdreward import Sample, Scorer, ScoringConfig, Status
+from mdreward.domains.science import (GENERAL_VERIFIER_PROMPT, GENERAL_VERIFIER_PROMPT_MODEL_CARD, ScienceDomain,
+                                      normalize_answer)
+from mdreward.judges.base import JudgeReply
+from mdreward.judges.verdicts import final_decision
+from mdreward.registry import DomainUnavailable
+from mdreward.types import FormatRules
+
+QUESTION = "Which gas makes up most of Earth's atmosphere?"
+
+
+def verifier(prompt: str):
+    """Yes when the student answer contains the ground truth; special answers trigger odd outputs."""
+    truth = re.search(r"### Ground Truth Answer: (.*?)\n\n", prompt).group(1)
+    student = re.search(r"### Student Answer: (.*?)\n\n", prompt).group(1)
+    if "ramble" in student:
+        return "Let me think about the units here and whether"
+    if "conflict" in student:
+        return "Final Decision: Yes\nOn reflection, Final Decision: No"
+    if "truncate" in student:
+        return "Final Decision: Yes", "length"
+    verdict = "Yes" if truth.casefold() in student.casefold() else "No"
+    return f"The student's answer says {student!r}.\nFinal Decision: {verdict}"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with JudgeServer(ScriptedEngine(verifier), model="TIGER-Lab/general-verifier") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def scorer(server):
+    judge = {"url": server.url, "model": "TIGER-Lab/general-verifier", "max_retries": 1}
+    with Scorer(ScoringConfig(timeouts=TEST_TIMEOUTS, domain_options={"science": {"judge": judge}})) as s:
+        yield s
+
+
+def sample(answer_part: str, reference: str = "Nitrogen", **kw) -> Sample:
+    return Sample("science", f"<think>Air is mostly N2.</think> {answer_part}", reference=reference,
+                  prompt=QUESTION, **kw)
+
+
+CASES = load_cases("science_cases.jsonl")  # grouped by what decides them; verifier cases use `verifier` above
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c['group']}: {c['after_think'][:30]}" for c in CASES])
+def test_reward_table(scorer, case):
+    score = scorer.score(sample(case["after_think"], case["reference"]))
+    assert score.status.value == case["status"], score
+    assert score.reward == pytest.approx(case["reward"])
+    if case["method"] is not None:
+        assert score.components["method"] == case["method"]
+    assert -1.0 <= score.reward <= 1.0
+
+
+def test_no_verdict_is_recorded_not_passed(scorer):
+    for marker, problem in (("ramble", "no 'Final Decision"), ("conflict", "conflicting"), ("truncate", "truncated")):
+        score = scorer.score(sample(f"<answer>Nitrogen {marker}</answer>"))
+        assert score.components["correct"] is False and problem in score.components["verdict_problem"]
+
+
+def test_the_exact_general_verifier_prompt_goes_to_the_completions_endpoint(scorer, server):
+    before = len(server.faults.bodies)
+    scorer.score(sample("<answer>Nitrogen gas</answer>"))
+    body = server.faults.bodies[before]
+    assert "messages" not in body and body["temperature"] == 0.0 and body["model"] == "TIGER-Lab/general-verifier"
+    expected = GENERAL_VERIFIER_PROMPT.format(question=QUESTION, ground_truth="Nitrogen", student_answer="Nitrogen gas")
+    assert body["prompt"] == expected
+    assert expected.startswith("User: ### Question: ") and expected.endswith('output "Final Decision: No". Assistant:')
+    assert GENERAL_VERIFIER_PROMPT_MODEL_CARD != GENERAL_VERIFIER_PROMPT
+    assert "Do not solve the question by yourself; just check" in GENERAL_VERIFIER_PROMPT_MODEL_CARD
+
+
+def test_fast_path_does_not_call_the_verifier(scorer, server):
+    before = server.faults.calls
+    scores = scorer.score_batch([sample("<answer>Nitrogen</answer>"), sample("\\boxed{3}", "3.0")])
+    assert [s.reward for s in scores] == [1.0, 1.0]
+    assert server.faults.calls == before
+
+
+def test_length_penalty_unit_is_characters_of_the_normalized_strings():
+    domain = ScienceDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS, rule_only=True)
+    assert domain.length_penalty("abcdef", "abc") == pytest.approx(0.15)
+    assert domain.length_penalty("a" * 50, "abc") == pytest.approx(0.5)
+    assert domain.length_penalty("a", "abcdef") == 0.0
+    assert normalize_answer("  $ 42 $. ") == "42"
+    assert normalize_answer("\\text{ Argon }") == "Argon"
+
+
+final = lambda text, finish="stop": final_decision(JudgeReply(text, finish))  # noqa: E731
+
+
+def test_final_decision_parser():
+    assert final("blah\nFinal Decision: Yes").value == "Yes"
+    assert final("Final Decision: **No**").value == "No"
+    assert final("final decision: yes").value == "Yes"
+    assert final("Final Decision: Yes\nFinal Decision: Yes").value == "Yes"
+    assert final("Final Decision: Yes then Final Decision: No").value is None
+    assert final("Final Decision: Yes", "length").value is None
+    assert final("The answer is Yes").value is None
+    assert final("Final Decision: Yesterday").value is None
+
+
+def test_rule_only_mode_needs_no_judge_and_is_conservative():
+    config = ScoringConfig(domain_options={"science": {"rule_only": True}})
+    with Scorer(config) as scorer:
+        exact, longer, other = scorer.score_batch([sample("<answer>Nitrogen</answer>"),
+                                                   sample("<answer>Nitrogen (N2)</answer>"),
+                                                   sample("<answer>Argon</answer>")])
+    assert exact.reward == 1.0
+    assert longer.reward == 0.0 and longer.components["method"] == "rule_only_undecided"
+    assert other.reward == 0.0
+
+
+def test_without_a_judge_the_domain_is_unavailable_and_records_are_unscored():
+    with pytest.raises(DomainUnavailable):
+        ScienceDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS)
+    with Scorer() as scorer:
+        score = scorer.score({"domain": "science", "response": "<think>x</think><answer>1</answer>",
+                              "reference": "1", "id": "s1"})
+    assert score.status is Status.ERROR and score.reward is None and "s1" in score.error
+
+
+def test_unreachable_verifier_unscores_only_the_records_that_needed_it():
+    judge = {"url": f"http://127.0.0.1:{free_port_with_nothing_listening()}/v1", "model": "v", "max_retries": 1}
+    with Scorer(ScoringConfig(timeouts=TEST_TIMEOUTS, domain_options={"science": {"judge": judge}})) as scorer:
+        records = [
+            {"domain": "science", "id": "needs-judge", "response": "<think>x</think><answer>Nitrogen gas</answer>",
+             "reference": "Nitrogen", "prompt": QUESTION},
+            {"domain": "science", "id": "fast", "response": "<think>x</think><answer>Nitrogen</answer>",
+             "reference": "Nitrogen"},
+            {"domain": "science", "id": "bad-format", "response": "Nitrogen", "reference": "Nitrogen"},
+            {"domain": "math", "id": "math", "response": "<think>1+1</think> \\boxed{2}", "reference": "2"},
+        ]
+        scores = scorer.score_batch(records)
+    assert len(scores) == 4
+    assert scores[0].status is Status.ERROR and scores[0].reward is None and "needs-judge" in scores[0].error
+    assert "verifier failed" in scores[0].error
+    assert [s.reward for s in scores[1:]] == [1.0, -1.0, 1.0]
+
+
+def test_500s_then_recovery_scores_every_record():
+    faults = FaultPlan(fail_next=2)
+    with JudgeServer(ScriptedEngine(verifier), faults=faults) as server:
+        judge = {"url": server.url, "model": "v", "max_retries": 3}
+        with Scorer(ScoringConfig(timeouts=TEST_TIMEOUTS, domain_options={"science": {"judge": judge}})) as scorer:
+            scores = scorer.score_batch([sample(f"<answer>Nitrogen {k}</answer>") for k in "abcdef"])
+    assert [s.status for s in scores] == [Status.OK] * 6
+    assert all(s.reward == pytest.approx(0.9) for s in scores)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(answer=st.text(max_size=60), reference=st.text(min_size=1, max_size=20))
+async def test_rule_only_rewards_are_always_in_the_table(answer, reference):
+    domain = ScienceDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS, rule_only=True)
+    (score,) = await domain.score_batch([Sample("science", f"<think>t</think><answer>{answer}</answer>",
+                                                reference=reference)])
+    if score.status is Status.ERROR:  # an empty reference after normalization
+        assert score.reward is None and "reference" in score.error
+    else:
+        assert domain.table.admits(score.reward) and -1.0 <= score.reward <= 1.0
