@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Coroutine, Generic, Hashable, TypeVar
 
+from .timeouts import DEFAULT_TIMEOUTS
+
 log = logging.getLogger(__name__)
 
 
@@ -172,7 +174,7 @@ class KillablePool:
         for _ in self._threads:
             self._jobs.put(None)
         for thread in self._threads:
-            thread.join(timeout=30)
+            thread.join(timeout=DEFAULT_TIMEOUTS.shutdown_s)
 
 
 K = TypeVar("K", bound=Hashable)
@@ -234,5 +236,5 @@ class LoopThread:
         if final is not None:
             self.run(final())
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=DEFAULT_TIMEOUTS.shutdown_s)
         self._loop.close()

@@ -14,8 +14,10 @@ class Timeouts:
     math_parse_s: float = 3.0
     math_verify_s: float = 3.0
     math_hard_kill_s: float = 10.0
-    # Start-up of a worker process (imports included) before it counts as an infrastructure failure.
+    # Start-up of a worker process (imports included) before it counts as an infrastructure failure,
+    # and how long closing a pool or the scorer's loop waits for its threads.
     worker_start_s: float = 60.0
+    shutdown_s: float = 30.0
     # Code sandbox: one isolated run with all tests of a sample (wall), each test or stdio case
     # inside it (wall), CPU seconds per sandboxed process (RLIMIT_CPU), start-up of a warm sandbox,
     # the scorer's extra wait before it declares a silent sandbox dead, and the first back-off

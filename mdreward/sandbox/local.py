@@ -265,7 +265,7 @@ class _Slot:
         except ValueError as exc:
             raise SlotFailure(str(exc)) from None
         if line is None:
-            status = self.process.wait(timeout=5) if self.process else None
+            status = self.process.wait(timeout=self.owner.timeouts.sandbox_grace_s) if self.process else None
             raise SlotFailure(f"sandbox exited (status {status}): {self._stderr_text()[-500:]}")
         try:
             return parse_report(line)
