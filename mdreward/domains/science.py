@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from ..extract import FormatViolation, final_answer, garbled_reason, split_think
 from ..judges.base import JudgeClient, JudgeFailure, JudgeReply, JudgeRequest
 from ..judges.config import build_judge
-from ..judges.safety import escape_for_verifier
+from ..judges.safety import escape_for_verifier, require_placeholders
 from ..judges.verdicts import final_decision
 from ..registry import DomainSpec, DomainUnavailable
 from ..timeouts import Timeouts
@@ -99,9 +99,7 @@ class ScienceDomain:
         if judge is None and not rule_only:
             raise DomainUnavailable("science needs a verifier judge (--judge-url/--judge-model, or a 'judge' "
                                     "option), or rule_only=True for the weaker rule-based check")
-        for field in ("{question}", "{ground_truth}", "{student_answer}"):
-            if field not in prompt_template:
-                raise ValueError(f"science prompt_template lacks the {field} placeholder")
+        require_placeholders(prompt_template, ("question", "ground_truth", "student_answer"), "science prompt_template")
         self.table = table
         self.format_rules = format_rules
         self.timeouts = timeouts

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 from ..extract import FormatViolation, garbled_reason, split_think
 from ..judges.base import JudgeClient, JudgeFailure, JudgeReply, JudgeRequest
 from ..judges.config import build_judge
-from ..judges.safety import clip, escape_for_pairwise
+from ..judges.safety import clip, escape_for_pairwise, require_placeholders
 from ..judges.verdicts import pairwise_verdict
 from ..registry import DomainSpec, DomainUnavailable
 from ..timeouts import Timeouts
@@ -54,9 +54,7 @@ class WritingDomain:
                  temperature: float = 0.0) -> None:
         if judge is None:
             raise DomainUnavailable("writing needs a judge model (--judge-url/--judge-model, or a 'judge' option)")
-        missing = [f for f in _FIELDS if "{" + f + "}" not in user_template]
-        if missing:
-            raise ValueError(f"writing user_template lacks placeholder(s) {missing}")
+        require_placeholders(user_template, _FIELDS, "writing user_template")
         self.table = table
         self.format_rules = format_rules
         self.timeouts = timeouts

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from ..extract import FormatViolation, split_think
 from ..judges.base import JudgeClient, JudgeFailure, JudgeRequest
 from ..judges.config import build_judge
-from ..judges.safety import clip, defuse_control_tokens, escape_for_critic
+from ..judges.safety import clip, defuse_control_tokens, escape_for_critic, require_placeholders
 from ..judges.verdicts import critic_json
 from ..registry import DomainSpec, DomainUnavailable
 from ..timeouts import Timeouts
@@ -76,9 +76,7 @@ class WritingBenchDomain:
                  temperature: float = 0.7, top_p: float = 0.8, seed: int = 0, max_response_chars: int = 60_000) -> None:
         if judge is None:
             raise DomainUnavailable("writingbench needs a critic judge (--judge-url/--judge-model, or a 'judge' option)")
-        missing = [f for f in _FIELDS if "{" + f + "}" not in prompt_template]
-        if missing:
-            raise ValueError(f"writingbench prompt_template lacks placeholder(s) {missing}")
+        require_placeholders(prompt_template, _FIELDS, "writingbench prompt_template")
         if max_attempts < 1:
             raise ValueError("writingbench max_attempts must be >= 1")
         self.table = table

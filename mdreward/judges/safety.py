@@ -64,3 +64,10 @@ def clip(text: str, max_chars: int) -> tuple[str, bool]:
     if len(text) <= max_chars:
         return text, False
     return text[:max_chars] + " [... truncated]", True
+
+
+def require_placeholders(template: str, names: tuple[str, ...], where: str) -> None:
+    """A configurable prompt must keep every ``{name}`` the domain fills in."""
+    missing = [name for name in names if "{" + name + "}" not in template]
+    if missing:
+        raise ValueError(f"{where} lacks placeholder(s) {missing}")
