@@ -141,9 +141,19 @@ def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for g in optimizer.param_groups for p in g["params"]]
 
 
+class Stateless:
+    """Update rules that keep no state between mini-batches (checkpoints store nothing for them)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
 # ---- joint learning --------------------------------------------------------------------------
 @dataclass
-class Joint:
+class Joint(Stateless):
     """One aggregated optimizer step on the whole mini-batch (optionally importance-weighted)."""
 
     domain_weights: Mapping[str, float] | None = None
@@ -165,16 +175,10 @@ class Joint:
             scheduler.step()
         return result
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
-
 
 # ---- CGPO ------------------------------------------------------------------------------------
 @dataclass
-class CGPO:
+class CGPO(Stateless):
     """Curvature-Guided Policy Optimization (Algorithm 1, lines 11-15) on one mini-batch.
 
     For a domain order sigma: phi_0 = theta; one optimizer step per domain, its step scaled by the
@@ -255,12 +259,6 @@ class CGPO:
         if scheduler is not None:
             scheduler.step()
         return result
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
 
 
 # ---- FAMO adapted to RL ----------------------------------------------------------------------
@@ -387,7 +385,7 @@ def project_conflicting(grads: torch.Tensor, generator: torch.Generator | None =
 
 
 @dataclass
-class PCGrad:
+class PCGrad(Stateless):
     """Joint step on the sum of PCGrad-projected per-domain gradients (each already share-weighted).
 
     Memory: K flat gradients plus their projections live at once (2K extra parameter-sized buffers),
@@ -429,12 +427,6 @@ class PCGrad:
         if scheduler is not None:
             scheduler.step()
         return result
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
 
 
 RULES = {"joint": Joint, "cgpo": CGPO, "famo": FAMO, "pcgrad": PCGrad}
