@@ -28,7 +28,8 @@ class Timeouts:
     sandbox_start_s: float = 30.0
     sandbox_grace_s: float = 5.0
     sandbox_backoff_s: float = 0.5
-    # Model judges and remote services: one request, and the total with retries.
+    # Model judges and remote services: one HTTP call, and one request's total with its retries
+    # (from its first attempt: time queued behind the rest of a batch does not count).
     judge_request_s: float = 120.0
     judge_total_s: float = 600.0
     # Judge retries: exponential backoff with full jitter, first delay and cap.

@@ -34,12 +34,14 @@ from starlette.routing import Route
 class FaultPlan:
     fail_next: int = 0            # the next N calls answer HTTP `fail_status`
     fail_status: int = 500
+    retry_after: str | None = None  # the Retry-After header sent with those failures
     garbage_next: int = 0         # the next N calls answer 200 with a body that is not JSON
     delay_s: float = 0.0          # every call waits this long first
     calls: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
     bodies: list[dict] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
 
     def take(self, attribute: str) -> bool:
         if getattr(self, attribute) > 0:
@@ -131,11 +133,13 @@ def make_app(engine: Any, faults: FaultPlan, model: str) -> Starlette:
         try:
             body = await request.json()
             faults.bodies.append(body)
+            faults.authorizations.append(request.headers.get("authorization"))
             if faults.delay_s:
                 await asyncio.sleep(faults.delay_s)
             if faults.take("fail_next"):
+                headers = {"Retry-After": faults.retry_after} if faults.retry_after is not None else None
                 return JSONResponse({"error": {"message": "injected failure", "type": "server_error"}},
-                                    status_code=faults.fail_status)
+                                    status_code=faults.fail_status, headers=headers)
             if faults.take("garbage_next"):
                 return Response("<html>502 upstream garbage {{{", media_type="application/json")
             return JSONResponse(await handler(body))
@@ -261,7 +265,7 @@ class _FixedDelayProtocol(asyncio.Protocol):
 
 
 def serve_fixed_delay_raw(sock: socket.socket, delay_s: float) -> None:
-    """Serve ``_FixedDelayProtocol`` on ``sock`` forever (the benchmark's server process)."""
+    """Serve ``_FixedDelayProtocol`` on ``sock`` forever (the benchmark's server process), on uvloop if installed."""
     body = (b'{"id": "cmpl-bench", "object": "text_completion", "created": 0, "model": "bench", "choices": ['
             + _FixedDelayProtocol.choice + b'], "usage": {"prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}}')
 
@@ -271,7 +275,12 @@ def serve_fixed_delay_raw(sock: socket.socket, delay_s: float) -> None:
         async with server:
             await server.serve_forever()
 
-    asyncio.run(run())
+    try:
+        import uvloop  # less event-loop overhead: closer to an ideal server
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
 
 
 def main() -> None:

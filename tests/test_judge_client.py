@@ -10,6 +10,7 @@ from judge_server import FaultPlan, JudgeServer, ScriptedEngine, TransformersEng
 from judge_support import TEST_TIMEOUTS, tiny_judge
 from mdreward.judges.base import JudgeFailure, JudgeReply, JudgeRequest
 from mdreward.judges.limits import MinuteBudget, backoff_delay
+from mdreward.judges.http_transport import TRANSPORTS
 from mdreward.judges.openai_client import OpenAIJudge
 from mdreward.timeouts import Timeouts
 
@@ -86,10 +87,10 @@ async def test_concurrency_limit_is_respected():
         assert server.faults.max_in_flight == 3
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_500s_then_recovery_are_retried(transport):
     with JudgeServer(ScriptedEngine(echo), faults=FaultPlan(fail_next=3)) as server:
-        judge = client(server, max_retries=4, http_backend=transport)
+        judge = client(server, max_retries=4, transport=transport)
         replies = await run(judge, [JudgeRequest.completion("x")])
         assert replies[0].text == "echo:x"
         assert judge.stats.retries == 3 and server.faults.calls == 4
@@ -110,33 +111,74 @@ async def test_permanent_errors_are_not_retried():
         assert isinstance(reply, JudgeFailure) and not reply.transient and reply.attempts == 1
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_garbage_body_is_retried_then_recovers(transport):
     with JudgeServer(ScriptedEngine(echo), faults=FaultPlan(garbage_next=2)) as server:
-        judge = client(server, max_retries=3, http_backend=transport)
+        judge = client(server, max_retries=3, transport=transport)
         (reply,) = await run(judge, [JudgeRequest.completion("x")])
         assert isinstance(reply, JudgeReply) and reply.text == "echo:x"
         assert server.faults.calls == 3
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_server_down_gives_failures_for_every_request(transport):
-    judge = client(f"http://127.0.0.1:{free_port_with_nothing_listening()}/v1", max_retries=2, http_backend=transport)
+    judge = client(f"http://127.0.0.1:{free_port_with_nothing_listening()}/v1", max_retries=2, transport=transport)
     replies = await run(judge, [JudgeRequest.completion(f"x{i}") for i in range(5)])
     assert len(replies) == 5
     assert all(isinstance(r, JudgeFailure) and r.attempts == 3 and "unreachable" in r.error for r in replies)
 
 
-async def test_slow_server_hits_the_request_timeout_and_the_total_budget():
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_slow_server_hits_the_request_timeout_and_the_total_budget(transport):
     timeouts = Timeouts(judge_request_s=0.2, judge_total_s=0.9, judge_backoff_s=0.01, judge_backoff_max_s=0.02)
     with JudgeServer(ScriptedEngine(echo), faults=FaultPlan(delay_s=1.5)) as server:
-        judge = client(server, timeouts=timeouts, max_retries=50)
+        judge = client(server, timeouts=timeouts, max_retries=50, transport=transport)
         started = time.perf_counter()
         (reply,) = await run(judge, [JudgeRequest.completion("x")])
         elapsed = time.perf_counter() - started
         assert isinstance(reply, JudgeFailure) and "total budget" in reply.error
         assert 0.8 < elapsed < 1.5
         assert server.faults.calls >= 3  # each attempt timed out after ~0.2 s
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_api_key_goes_out_as_a_bearer_token(scripted, transport):
+    judge = client(scripted, api_key="sk-test-123", transport=transport)
+    await run(judge, [JudgeRequest.completion("x")])
+    assert scripted.faults.authorizations == ["Bearer sk-test-123"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_retry_after_is_honoured_on_429(transport):
+    timeouts = Timeouts(judge_request_s=5, judge_total_s=20, judge_backoff_s=0.001, judge_backoff_max_s=5)
+    with JudgeServer(ScriptedEngine(echo), faults=FaultPlan(fail_next=1, fail_status=429, retry_after="0.6")) as server:
+        judge = client(server, timeouts=timeouts, transport=transport)
+        started = time.perf_counter()
+        (reply,) = await run(judge, [JudgeRequest.completion("x")])
+        assert isinstance(reply, JudgeReply) and server.faults.calls == 2
+        assert 0.6 <= time.perf_counter() - started < 2.0  # waited what the server asked, not the 1 ms backoff
+
+
+async def test_the_proxy_named_by_the_environment_is_used_unless_no_proxy_exempts_the_host(scripted, monkeypatch):
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port_with_nothing_listening()}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    (reply,) = await run(client(scripted, max_retries=0), [JudgeRequest.completion("x")])
+    assert isinstance(reply, JudgeFailure) and "unreachable" in reply.error  # went to the dead proxy
+    assert scripted.faults.calls == 0
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    (reply,) = await run(client(scripted, max_retries=0), [JudgeRequest.completion("x")])
+    assert isinstance(reply, JudgeReply) and reply.text == "echo:x"
+
+
+async def test_time_queued_behind_a_big_batch_does_not_count_against_the_total_budget():
+    timeouts = Timeouts(judge_request_s=1.0, judge_total_s=0.6, judge_backoff_s=0.01, judge_backoff_max_s=0.02)
+    with JudgeServer(ScriptedEngine(echo), faults=FaultPlan(delay_s=0.1)) as server:
+        judge = client(server, timeouts=timeouts, max_concurrency=1)
+        replies = await run(judge, [JudgeRequest.completion(f"q{i}") for i in range(10)])  # ~1 s in all
+        assert [r.text for r in replies] == [f"echo:q{i}" for i in range(10)]
+        assert server.faults.max_in_flight == 1
 
 
 async def test_tokens_per_minute_limit_charges_the_request_estimate(scripted):

@@ -117,3 +117,13 @@ def test_one_endpoint_from_the_cli_serves_all_three_domains():
         assert {b["model"] for b in server.faults.bodies} == {"one-judge"}
     assert (science.status, writing.status, bench.status) == (Status.OK,) * 3
     assert (science.reward, writing.reward, bench.reward) == (1.0, 1.0, 7.0)
+
+
+@pytest.mark.parametrize("option,message", [
+    ({"transport": "curl"}, r"science\.judge: transport must be one of"),
+    ({"batch_size": 0}, r"science\.judge: max_concurrency and batch_size must be >= 1"),
+])
+def test_bad_client_option_values_name_the_judge(option, message):
+    spec = {"url": "http://h/v1", "model": "verifier", **option}
+    with pytest.raises(JudgeConfigError, match=message):
+        build_judge(spec, where="science.judge")

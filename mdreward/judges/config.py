@@ -37,7 +37,7 @@ from .base import JudgeClient
 JUDGED_DOMAINS = ("science", "writing", "writingbench")
 
 _OPENAI_KEYS = {"backend", "url", "model", "api_key", "api_key_env", "max_concurrency", "batch_size", "max_retries",
-                "requests_per_minute", "tokens_per_minute", "cache_size", "extra_body", "seed", "http_backend"}
+                "requests_per_minute", "tokens_per_minute", "cache_size", "extra_body", "seed", "transport"}
 _TRANSFORMERS_KEYS = {"backend", "model", "gguf_file", "device", "dtype", "max_batch", "max_prompt_tokens",
                       "num_threads"}
 _VLLM_KEYS = {"backend", "model", "engine"}
@@ -71,9 +71,12 @@ def build_judge(spec: JudgeClient | Mapping[str, Any], *, timeouts: Timeouts = D
 
         api_key = spec.get("api_key") or (os.environ.get(spec["api_key_env"]) if spec.get("api_key_env") else None)
         options = {k: spec[k] for k in ("max_concurrency", "batch_size", "max_retries", "requests_per_minute",
-                                        "tokens_per_minute", "cache_size", "extra_body", "seed", "http_backend") if k in spec}
-        return OpenAIJudge(base_url=str(spec["url"]), model=str(spec["model"]), api_key=api_key,
-                           timeouts=timeouts, **options)
+                                        "tokens_per_minute", "cache_size", "extra_body", "seed", "transport") if k in spec}
+        try:
+            return OpenAIJudge(base_url=str(spec["url"]), model=str(spec["model"]), api_key=api_key,
+                               timeouts=timeouts, **options)
+        except (ValueError, ImportError) as exc:  # a bad option value, or a transport's package missing
+            raise JudgeConfigError(f"{where}: {exc}") from None
     if backend == "transformers":
         from .transformers_backend import TransformersJudge
 

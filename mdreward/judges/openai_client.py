@@ -1,15 +1,15 @@
 """A judge behind any OpenAI-compatible HTTP endpoint (vLLM or SGLang servers, hosted APIs).
 
 Concurrency limit, completion batching (several prompts in one ``/v1/completions`` call, which
-vLLM and SGLang accept), per-request timeouts and a total budget from ``Timeouts``, retries with
-exponential backoff and full jitter on transient errors, optional requests/tokens-per-minute
-limits, and a cache keyed by the exact request (identical in-flight requests share one call).
+vLLM and SGLang accept), per-call timeouts and a total budget from ``Timeouts``, retries with
+exponential backoff and full jitter on transient errors (honouring ``Retry-After``), optional
+requests/tokens-per-minute limits, and a cache keyed by the exact request (identical in-flight
+requests share one call). The HTTP call itself goes through a transport (``http_transport``).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -17,6 +17,8 @@ from typing import Any, Sequence
 from ..runtime import LRUCache
 from ..timeouts import DEFAULT_TIMEOUTS, Timeouts
 from .base import JudgeFailure, JudgeReply, JudgeRequest, JudgeResult
+from .http_transport import (HTTPStatusFailure, JudgeTransport, MalformedResponse, Unreachable,
+                             check_installed, make_transport)
 from .limits import MinuteBudget, backoff_delay
 
 log = logging.getLogger(__name__)
@@ -24,9 +26,7 @@ log = logging.getLogger(__name__)
 #: HTTP statuses worth retrying: timeouts, conflicts, rate limits and server-side failures.
 TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
-
-class MalformedResponse(Exception):
-    """The server answered 200 with a body that is not a usable completion."""
+_Item = tuple[str, JudgeRequest, "asyncio.Future[JudgeResult]"]
 
 
 @dataclass
@@ -39,16 +39,19 @@ class JudgeStats:
 
 
 class OpenAIJudge:
-    """Judge client for an OpenAI-compatible server. Build one per endpoint and model."""
+    """Judge client for an OpenAI-compatible server. Build one per endpoint and model.
+
+    ``transport``: ``"aiohttp"`` (default, the protocol spoken directly), ``"openai"`` (through the
+    ``openai`` SDK over aiohttp) or ``"openai-httpx"`` (the SDK's default httpx transport).
+    """
 
     def __init__(self, *, base_url: str, model: str, api_key: str | None = None,
                  timeouts: Timeouts = DEFAULT_TIMEOUTS, max_concurrency: int = 64, batch_size: int = 1,
                  max_retries: int = 4, requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, cache_size: int = 50_000,
                  extra_body: dict[str, Any] | None = None, seed: int | None = None,
-                 http_backend: str = "auto") -> None:
-        if http_backend not in ("auto", "aiohttp", "httpx"):
-            raise ValueError(f"http_backend must be 'auto', 'aiohttp' or 'httpx', got {http_backend!r}")
+                 transport: str = "aiohttp") -> None:
+        check_installed(transport)
         if max_concurrency < 1 or batch_size < 1 or max_retries < 0:
             raise ValueError("max_concurrency and batch_size must be >= 1, max_retries >= 0")
         self.base_url = base_url
@@ -58,7 +61,7 @@ class OpenAIJudge:
         self.batch_size = batch_size
         self.max_retries = max_retries
         self.extra_body = dict(extra_body or {})
-        self.http_backend = http_backend
+        self.transport = transport
         self.stats = JudgeStats()
         self._api_key = api_key
         self._rpm = requests_per_minute
@@ -66,7 +69,7 @@ class OpenAIJudge:
         self._cache: LRUCache[str, JudgeReply] | None = LRUCache(cache_size) if cache_size > 0 else None
         self._rng = random.Random(seed)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: Any = None
+        self._http: JudgeTransport | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._request_budget: MinuteBudget | None = None
         self._token_budget: MinuteBudget | None = None
@@ -77,7 +80,7 @@ class OpenAIJudge:
         self._bind_loop()
         results: list[JudgeResult | None] = [None] * len(requests)
         waiting: list[tuple[int, asyncio.Future[JudgeResult]]] = []
-        mine: dict[str, tuple[JudgeRequest, asyncio.Future[JudgeResult]]] = {}
+        mine: list[_Item] = []
         for i, request in enumerate(requests):
             key = request.cache_key(self.model)
             cached = self._cache.get(key) if self._cache is not None else None
@@ -90,14 +93,20 @@ class OpenAIJudge:
             if future is None:
                 future = asyncio.get_running_loop().create_future()
                 self._in_flight[key] = future
-                mine[key] = (request, future)
+                mine.append((key, request, future))
             else:
                 self.stats.shared_in_flight += 1
             waiting.append((i, future))
+        chunks = iter(self._chunks(mine))
+
+        async def worker() -> None:  # a few workers, not one task per request: big batches stay cheap
+            for chunk in chunks:
+                await self._run_chunk(chunk)
+
         try:
-            await asyncio.gather(*(self._run_chunk(chunk) for chunk in self._chunks(list(mine.items()))))
+            await asyncio.gather(*(worker() for _ in range(min(self.max_concurrency, len(mine)))))
         finally:
-            for key, (_, future) in mine.items():
+            for key, _, future in mine:
                 self._in_flight.pop(key, None)
                 if not future.done():  # cancelled half-way: release anyone sharing the call
                     future.set_result(JudgeFailure("judge call was cancelled"))
@@ -106,62 +115,44 @@ class OpenAIJudge:
         return [r for r in results if r is not None]
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
 
     # ---- internals ------------------------------------------------------------------------
     def _bind_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._loop is loop and self._client is not None:
+        if self._loop is loop and self._http is not None:
             return
         if self._loop is not None and not self._loop.is_closed() and self._in_flight:
             raise RuntimeError("an OpenAIJudge is in use on another event loop")
-        import openai  # the `judge` extra
-
         self._loop = loop
-        self._client = openai.AsyncOpenAI(
-            base_url=self.base_url, max_retries=0, timeout=self.timeouts.judge_request_s,
-            api_key=self._api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY", **self._http_client())
+        self._http = make_transport(self.transport, base_url=self.base_url, api_key=self._api_key,
+                                    max_connections=self.max_concurrency)
         self._semaphore = asyncio.Semaphore(self.max_concurrency)
         self._request_budget = MinuteBudget(self._rpm) if self._rpm else None
         self._token_budget = MinuteBudget(self._tpm) if self._tpm else None
 
-    def _http_client(self) -> dict[str, Any]:
-        """The aiohttp transport where available: httpx's own pool slows down sharply at high
-        concurrency (see docs/judges.md, benchmark). ``http_backend="httpx"`` keeps openai's default."""
-        if self.http_backend == "httpx":
-            return {}
-        import openai
-
-        try:
-            return {"http_client": openai.DefaultAioHttpClient()}
-        except (AttributeError, RuntimeError, ImportError):  # older openai, or aiohttp not installed
-            if self.http_backend == "aiohttp":
-                raise RuntimeError("http_backend='aiohttp' needs openai>=1.80 with aiohttp installed "
-                                   "(pip install 'openai[aiohttp]')") from None
-            return {}
-
-    def _chunks(self, items: list[tuple[str, tuple[JudgeRequest, asyncio.Future[JudgeResult]]]]):
+    def _chunks(self, items: list[_Item]):
         """Completion requests with equal sampling parameters go out together, ``batch_size`` at a time."""
-        groups: dict[tuple, list] = {}
-        for key, (request, future) in items:
-            if request.endpoint == "completions" and self.batch_size > 1:
+        if self.batch_size == 1:
+            for item in items:
+                yield [item]
+            return
+        groups: dict[tuple, list[_Item]] = {}
+        for item in items:
+            request = item[1]
+            if request.endpoint == "completions":
                 params = (request.max_tokens, request.temperature, request.top_p, request.stop, request.seed)
-                groups.setdefault(params, []).append((key, request, future))
+                groups.setdefault(params, []).append(item)
             else:
-                groups[("single", key)] = [(key, request, future)]
+                groups[("single", item[0])] = [item]
         for members in groups.values():
             for start in range(0, len(members), self.batch_size):
                 yield members[start:start + self.batch_size]
 
-    async def _run_chunk(self, chunk: list[tuple[str, JudgeRequest, asyncio.Future[JudgeResult]]]) -> None:
-        requests = [request for _, request, _ in chunk]
-        try:
-            outcomes = await asyncio.wait_for(self._call_with_retries(requests), self.timeouts.judge_total_s)
-        except asyncio.TimeoutError:
-            outcomes = [JudgeFailure(f"judge gave no answer within the total budget of "
-                                     f"{self.timeouts.judge_total_s}s")] * len(requests)
+    async def _run_chunk(self, chunk: list[_Item]) -> None:
+        outcomes = await self._call_with_retries([request for _, request, _ in chunk])
         for (key, _, future), outcome in zip(chunk, outcomes):
             if isinstance(outcome, JudgeReply):
                 if self._cache is not None:
@@ -172,28 +163,41 @@ class OpenAIJudge:
                 future.set_result(outcome)
 
     async def _call_with_retries(self, requests: list[JudgeRequest]) -> list[JudgeResult]:
-        import openai
+        """Attempts until a reply, a permanent error, ``max_retries`` retries or the total budget.
 
+        The budget (``judge_total_s``) runs from the first attempt, so time queued behind other
+        requests of a big batch does not count; each call's timeout is cut to what is left of it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeouts.judge_total_s
         attempt = 0
         while True:
+            retry_after = None
             try:
-                return list(await self._call_limited(requests))
-            except openai.APIStatusError as exc:
-                transient = exc.status_code in TRANSIENT_STATUSES
-                error = f"judge returned HTTP {exc.status_code}: {_short(exc.message)}"
-            except (openai.APIConnectionError, openai.APIResponseValidationError) as exc:
-                transient, error = True, f"judge unreachable or answered garbage: {type(exc).__name__}: {_short(str(exc))}"
+                return list(await self._call_limited(requests, deadline))
+            except HTTPStatusFailure as exc:
+                transient, retry_after = exc.status in TRANSIENT_STATUSES, exc.retry_after_s
+                error = f"judge returned HTTP {exc.status}: {_short(exc.message)}"
+            except (Unreachable, asyncio.TimeoutError) as exc:
+                transient, error = True, f"judge unreachable or no answer in time: {_short(str(exc)) or 'timeout'}"
             except (MalformedResponse, ValueError, TypeError, KeyError, AttributeError) as exc:
                 transient, error = True, f"judge answered a malformed response: {_short(repr(exc))}"
             attempt += 1
-            if not transient or attempt > self.max_retries:
+            delay = backoff_delay(attempt - 1, base_s=self.timeouts.judge_backoff_s,
+                                  cap_s=self.timeouts.judge_backoff_max_s, rng=self._rng)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, self.timeouts.judge_backoff_max_s))
+            out_of_time = transient and attempt <= self.max_retries and loop.time() + delay >= deadline
+            if out_of_time:
+                error = (f"judge gave no answer within the total budget of {self.timeouts.judge_total_s}s "
+                         f"(last error: {error})")
+            if not transient or attempt > self.max_retries or out_of_time:
                 log.warning("judge %s: giving up after %d attempt(s): %s", self.model, attempt, error)
                 return [JudgeFailure(error, attempts=attempt, transient=transient)] * len(requests)
             self.stats.retries += 1
-            await asyncio.sleep(backoff_delay(attempt - 1, base_s=self.timeouts.judge_backoff_s,
-                                              cap_s=self.timeouts.judge_backoff_max_s, rng=self._rng))
+            await asyncio.sleep(delay)
 
-    async def _call_limited(self, requests: list[JudgeRequest]) -> list[JudgeReply]:
+    async def _call_limited(self, requests: list[JudgeRequest], deadline: float) -> list[JudgeReply]:
         assert self._semaphore is not None
         estimate = sum(r.approx_tokens() for r in requests)
         if self._request_budget is not None:
@@ -201,16 +205,19 @@ class OpenAIJudge:
         if self._token_budget is not None:
             await self._token_budget.acquire(estimate)
         async with self._semaphore:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise asyncio.TimeoutError
             self.stats.calls += 1
-            replies, used = await self._call(requests)
+            replies, used = await self._call(requests, min(self.timeouts.judge_request_s, left))
         if self._token_budget is not None and used is not None:
             self._token_budget.refund(estimate - used)
         return replies
 
-    async def _call(self, requests: list[JudgeRequest]) -> tuple[list[JudgeReply], int | None]:
-        """One HTTP call. The body goes through the openai client's plain ``post`` (auth, base URL,
-        status errors) and comes back as JSON that is validated here: the typed ``create`` helpers
-        cost about 1.5x the CPU per request, which caps throughput at high concurrency."""
+    async def _call(self, requests: list[JudgeRequest], timeout_s: float) -> tuple[list[JudgeReply], int | None]:
+        """One HTTP call with a plain JSON body; the reply is validated here (the SDK's typed
+        ``create`` helpers would cost about 1.5x the CPU per call)."""
+        assert self._http is not None
         first = requests[0]
         body: dict[str, Any] = {"model": self.model, "max_tokens": first.max_tokens,
                                 "temperature": first.temperature, "top_p": first.top_p}
@@ -221,12 +228,12 @@ class OpenAIJudge:
         body.update(self.extra_body)
         if first.endpoint == "completions":
             body["prompt"] = [r.prompt for r in requests] if len(requests) > 1 else first.prompt
-            data = await self._client.post("/completions", body=body, cast_to=object)
+            data = await self._http.post("/completions", body, timeout_s)
             choices = sorted(_choices(data, len(requests)), key=lambda c: c.get("index", 0))
             texts = [(c.get("text"), c.get("finish_reason")) for c in choices]
         else:
             body["messages"] = [{"role": role, "content": content} for role, content in first.messages]
-            data = await self._client.post("/chat/completions", body=body, cast_to=object)
+            data = await self._http.post("/chat/completions", body, timeout_s)
             message = _choices(data, 1)[0].get("message")
             if not isinstance(message, dict):
                 raise MalformedResponse("chat choice has no message")

@@ -37,7 +37,7 @@ def escape_for_verifier(text: str) -> str:
     """
     text = defuse_control_tokens(text)
     text = re.sub(r"\s+", " ", text).strip()
-    text = text.replace("###", "#")
+    text = re.sub(r"#{3,}", "#", text)  # a run, not "###" pairs: "#####" must not leave "###"
     text = _ROLE_MARKER.sub(lambda m: f"{m.group(1)} -", text)
     return _FINAL_DECISION.sub("(decision)", text)
 
