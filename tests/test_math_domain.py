@@ -37,6 +37,22 @@ def test_hedges_are_wrong(scorer, hedge):
     assert score.reward == -0.5 and score.components["method"] == "hedged"
 
 
+@pytest.mark.parametrize("after,reference,reward,method", [
+    (r"so $x = 2$, i.e. \boxed{x = 2}. Final: \boxed{2}", "2", 1.0, None),       # a restatement
+    (r"\boxed{\frac{1}{2}} which is \boxed{0.5}", "1/2", 1.0, None),
+    (r"\boxed{{42}} \boxed{42}", "42", 1.0, None),                                # braces only
+    (r"\boxed{1} or maybe \boxed{2}", "2", -0.5, "several_final_answers"),       # a hedge
+    (r"\boxed{2} \boxed{3} \boxed{2}", "2", -0.5, "several_final_answers"),
+    (r"<answer>3</answer> <answer>\boxed{2}</answer>", "2", -0.5, "several_final_answers"),
+    ("".join(rf"\boxed{{{k}}} " for k in (1, 3, 4, 5)) + r"\boxed{2}", "2", -0.5, "several_final_answers"),
+])
+def test_several_final_answers_are_a_hedge_unless_they_restate_one_value(scorer, after, reference, reward, method):
+    score = scorer.score(Sample("math", "<think>r</think> " + after, reference=reference))
+    assert score.status is Status.OK and score.reward == reward, dict(score.components)
+    if method:
+        assert score.components["method"] == method
+
+
 def test_plus_minus_allowed_when_the_reference_has_it(scorer):
     assert scorer.score(Sample("math", response("\\pm 2"), reference="\\pm 2")).reward == 1.0
 

@@ -23,6 +23,8 @@ TABLE = RewardTable({"correct": 1.0, "wrong": -0.5, "format_error": -1.0})
 #: Markers of a hedged answer; one in the answer but not in the reference makes it wrong.
 HEDGE_MARKERS = (r"\pm", "±", r"\mp", "∓", r"\lor", r"\vee", " or ", r"\text{or}", r"\text{ or }", r"\quad\text{or}")
 MAX_ANSWER_CHARS = 1_000
+#: Final answers besides the last one that are checked as restatements; more is a hedge outright.
+MAX_RESTATEMENTS = 3
 _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
 _FRACTION = re.compile(r"^([+-])?\\d?frac\{([+-]?\d+)\}\{([+-]?\d+)\}$|^([+-]?\d+)\s*/\s*([+-]?\d+)$")
 
@@ -111,20 +113,27 @@ class MathDomain:
         scores: list[Score | None] = [None] * len(samples)
         pending: dict[tuple[str, str], list[int]] = {}
         answers: list[str] = [""] * len(samples)
+        restated: dict[int, tuple[str, ...]] = {}
         for i, sample in enumerate(samples):
             outcome = self._extract(sample)
             if isinstance(outcome, Score):
                 scores[i] = outcome
                 continue
-            answers[i] = outcome
-            pending.setdefault((outcome, _clean(sample.reference or "")), []).append(i)
-        verdicts = await asyncio.gather(*(self._equivalent(answer, reference) for answer, reference in pending))
+            answers[i], others = outcome
+            if others:
+                restated[i] = others
+            pending.setdefault((answers[i], _clean(sample.reference or "")), []).append(i)
+        verdicts, consistency = await asyncio.gather(
+            asyncio.gather(*(self._equivalent(answer, reference) for answer, reference in pending)),
+            asyncio.gather(*(self._restates_one_answer(answers[i], others) for i, others in restated.items())))
+        inconsistent = {i: verdict for i, verdict in zip(restated, consistency) if verdict is not None}
         for (key, indices), verdict in zip(pending.items(), verdicts):
             for i in indices:
-                scores[i] = self._score(answers[i], verdict, samples[i])
+                scores[i] = self._score(answers[i], inconsistent.get(i, verdict), samples[i])
         return [s for s in scores if s is not None]
 
-    def _extract(self, sample: Sample) -> str | Score:
+    def _extract(self, sample: Sample) -> Score | tuple[str, tuple[str, ...]]:
+        """The final answer and the other, differently written final answers given with it."""
         split = split_think(sample.response, self.format_rules)
         if isinstance(split, FormatViolation):
             return Score.format_error(self.table["format_error"], split.reason)
@@ -133,13 +142,28 @@ class MathDomain:
             return Score.format_error(self.table["format_error"], found.reason)
         answer = _clean(found.text)
         reference = _clean(sample.reference or "")
-        if found.is_ambiguous:
+        squashed = answer.replace(" ", "")
+        others = tuple({c.replace(" ", ""): c for c in map(_clean, found.candidates)
+                        if c.replace(" ", "") != squashed}.values())
+        if len(others) > MAX_RESTATEMENTS:
             return self._score(answer, {"equivalent": False, "method": "several_final_answers"})
         if is_hedged(answer, reference):
             return self._score(answer, {"equivalent": False, "method": "hedged"})
         if len(answer) > MAX_ANSWER_CHARS:
             return self._score(answer, {"equivalent": answer == reference, "method": "too_long_exact_only"})
-        return answer
+        return answer, others
+
+    async def _restates_one_answer(self, answer: str, others: tuple[str, ...]) -> dict[str, Any] | None:
+        """None when every other final answer is the same value as ``answer`` (``\\boxed{x=2}`` then
+        ``\\boxed{2}``, ``\\frac12`` then ``0.5``); otherwise the verdict that overrides the score: a
+        hedge (wrong), or an error when a check failed."""
+        checks = await asyncio.gather(*(self._equivalent(other, answer) for other in others))
+        for check in checks:
+            if "error" in check:
+                return check
+        if all(check["equivalent"] for check in checks):
+            return None
+        return {"equivalent": False, "method": "several_final_answers"}
 
     async def _equivalent(self, answer: str, reference: str) -> dict[str, Any]:
         fast = fast_equivalence(answer, reference)
