@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -135,6 +136,14 @@ def test_each_slot_joins_its_cgroup_where_available(sandbox):
     slot = sandbox._slots[0]
     membership = open(f"/proc/{slot.process.pid}/cgroup").read()
     assert f"mdreward-{slot.uid}" in membership
+
+
+def test_a_python_from_a_venv_under_tmp_runs_inside(tmp_path):
+    venv = tmp_path / "venv"  # pytest's tmp_path is under /tmp, which the sandbox overlays with a tmpfs
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    with LocalSandbox(workers=1, timeouts=FAST, limits=LIMITS, python=str(python)) as sb:
+        assert_holds(sb, "import sys\nprint(sys.prefix)", str(venv))
 
 
 def test_refuses_loudly_without_bubblewrap(monkeypatch, tmp_path):

@@ -44,6 +44,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     gpu_memory_utilization: float = 0.3
+    vllm_engine: dict[str, Any] | None = None  # more vllm.LLM arguments: dtype, max_model_len, enforce_eager, ...
 
 
 @dataclass

@@ -175,7 +175,8 @@ class LocalEngine:
             return HFGenerator(self.model, self.tokenizer, device=self.device, **common)
         if r.engine == "vllm":
             return VLLMGenerator(self.model, self.tokenizer, model_path=self.cfg.model.path,
-                                 gpu_memory_utilization=r.gpu_memory_utilization, seed=self.cfg.run.seed, **common)
+                                 gpu_memory_utilization=r.gpu_memory_utilization, seed=self.cfg.run.seed,
+                                 engine_kwargs=r.vllm_engine, **common)
         raise ValueError(f"rollout.engine must be hf or vllm, got {r.engine!r}")
 
     def _make_sampler(self):

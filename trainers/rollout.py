@@ -7,6 +7,7 @@ after sampling, and stored: those are the "old" log-probs of every later update 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -182,31 +183,55 @@ def _rollouts(prompts, group_size, ids, mask, generated, tok) -> Rollouts:
 
 
 class VLLMGenerator:
-    """Sampling with vLLM on a GPU (optional extra ``vllm``). Not exercised by the CPU test suite.
+    """Sampling with vLLM (optional extra ``vllm``), colocated with the policy in this process.
 
     The vLLM engine holds its own copy of the weights; ``sync_weights`` loads the policy's current
-    state dict into it before each rollout (``load_weights`` on the driver's model runner).
+    state dict into it before each rollout (``load_weights`` on the engine's model). That needs the
+    engine core in this process, so the V1 engine's multiprocessing is turned off
+    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, unless already set) before the engine is built.
     """
+
+    #: Where the engine's model runner lives: the V1 in-process engine, then the V0 engine.
+    RUNNER_PATHS = ("model_executor.driver_worker.worker.model_runner", "model_executor.driver_worker.model_runner")
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, model_path: str, max_new_tokens: int,
                  temperature: float = 1.0, top_p: float = 1.0, prompt_style: str = "chat",
                  system_prompt: str | None = None, open_think: bool = False, gpu_memory_utilization: float = 0.3,
-                 seed: int = 0) -> None:
+                 seed: int = 0, engine_kwargs: dict[str, Any] | None = None) -> None:
         try:
             from vllm import LLM, SamplingParams
         except ImportError as exc:  # an optional GPU extra: say what to install
             raise RuntimeError("rollout.engine = 'vllm' needs the 'vllm' extra (pip install 'mdreward[vllm]') "
                                "and a GPU") from exc
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self._sampling = SamplingParams
         self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, seed=seed,
-                       enable_prefix_caching=True)
+                       enable_prefix_caching=True, **dict(engine_kwargs or {}))
+        self._runner = self._find_model_runner()
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.prompt_style, self.system_prompt, self.open_think = prompt_style, system_prompt, open_think
 
+    def _find_model_runner(self) -> Any:
+        for path in self.RUNNER_PATHS:
+            found: Any = self.llm.llm_engine
+            try:
+                for part in path.split("."):
+                    found = getattr(found, part)
+            except AttributeError:
+                continue
+            return found
+        raise RuntimeError("cannot reach the vLLM engine's model runner to load policy weights into it: the "
+                           "engine must run in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0, one GPU, no Ray)")
+
     def sync_weights(self) -> None:
-        runner = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        runner.load_weights(((name, p.detach()) for name, p in self.model.state_dict().items()))
+        """The policy's weights into the engine, then drop KV prefixes computed with the old ones."""
+        weights = ((name, p.detach()) for name, p in self.model.state_dict().items())
+        if hasattr(self._runner, "reload_weights"):  # newer vLLM: reloads in place and redoes the
+            self._runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)  # post-load repacking
+        else:
+            self._runner.model.load_weights(weights)
+        self.llm.reset_prefix_cache()
 
     def generate(self, prompts: Sequence[Prompt], group_size: int, *, greedy: bool = False) -> Rollouts:
         self.sync_weights()

@@ -77,8 +77,15 @@ def bwrap_mounts(python: str, limits: SandboxLimits) -> list[str]:
             command += ["--symlink", os.readlink(host), str(host)]
         elif host.is_dir():
             command += ["--ro-bind", str(host), str(host)]
-    prefixes = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), Path(python).resolve().parent.parent}
-    made: set[Path] = set()
+    for path in ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives"):
+        command += ["--ro-bind-try", path, path]
+    command += ["--proc", "/proc", "--dev", "/dev",
+                "--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp",
+                "--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/dev/shm"]
+    # Python's own prefixes last, so one under /tmp (a venv made there) is not hidden by the tmpfs.
+    prefixes = {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve(), Path(python).resolve().parent.parent,
+                Path(os.path.abspath(python)).parent.parent}  # the last: a venv's own root
+    made: set[Path] = {Path("/tmp"), Path("/dev"), Path("/proc")}  # mount points already there
     for prefix in sorted(prefixes):
         if prefix == Path("/usr") or Path("/usr") in prefix.parents:
             continue
@@ -87,11 +94,6 @@ def bwrap_mounts(python: str, limits: SandboxLimits) -> list[str]:
                 command += ["--perms", "0755", "--dir", str(parent)]
                 made.add(parent)
         command += ["--ro-bind", str(prefix), str(prefix)]
-    for path in ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives"):
-        command += ["--ro-bind-try", path, path]
-    command += ["--proc", "/proc", "--dev", "/dev",
-                "--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/tmp",
-                "--perms", "1777", "--size", str(limits.tmpfs_bytes), "--tmpfs", "/dev/shm"]
     return command
 
 
