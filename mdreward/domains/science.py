@@ -147,7 +147,7 @@ class ScienceDomain:
         if is_master_key(answer, reference):
             return Score.format_error(self.table["format_error"], f"the final answer {answer[:40]!r} is not an answer",
                                       extracted_answer=answer)
-        if found.is_ambiguous:
+        if len({normalize_answer(c).casefold() for c in found.candidates}) > 1:  # a hedge, not a restatement
             return self._verdict_score(answer, reference, False, "several_final_answers")
         if self.fast_path or self.rule_only:
             rule = rule_verdict(answer, reference)

@@ -3,10 +3,10 @@
 Two implementations raise the same three errors, so retry decisions do not depend on the transport:
 
 - ``AiohttpTransport`` (the default): the OpenAI HTTP protocol spoken directly over one aiohttp
-  session (bearer auth, JSON in and out). About 0.3 ms of client CPU per call.
+  session (bearer auth, JSON in and out). About 0.5 ms of client CPU per call, judge layers included.
 - ``OpenAISDKTransport``: the same call through the ``openai`` package's ``AsyncOpenAI.post`` (its
-  aiohttp or httpx transport). It adds about 1.3 ms of CPU per call (header models, option copies,
-  URL parsing), which caps a one-core client near 550 calls/s; see docs/judges.md.
+  aiohttp or httpx transport). About 1.6 ms per call (header models, option copies, URL parsing),
+  which caps a one-core client near 600 calls/s; see docs/judges.md.
 """
 from __future__ import annotations
 
