@@ -401,14 +401,43 @@ class ForkServer:
         self.socket.settimeout(wait_s)  # a stopped fork server must not hang the zygote
 
     def _serve(self, sock) -> None:
+        statuses: dict[int, int] = {}  # reaped candidates' wait statuses, until the zygote asks
+
+        def reap() -> None:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    return
+                if pid == 0:
+                    return
+                if len(statuses) > 4096:
+                    statuses.clear()
+                statuses[pid] = status
+
         try:
-            while sock.recv(1):
-                while True:
-                    try:
-                        if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                            break
-                    except ChildProcessError:
-                        break
+            while True:
+                command = sock.recv(1)
+                if command == b"w":  # "w<pid>\n": the exit status of a candidate that has exited
+                    line = b""
+                    while not line.endswith(b"\n"):
+                        chunk = sock.recv(16)
+                        if not chunk:
+                            return
+                        line += chunk
+                    pid = int(line)
+                    status = statuses.pop(pid, None)
+                    if status is None:
+                        try:
+                            status = os.waitpid(pid, 0)[1]
+                        except ChildProcessError:
+                            status = None
+                    code = os.waitstatus_to_exitcode(status) if status is not None else None
+                    sock.sendall(b"%s\n" % (b"none" if code is None else str(code).encode()))
+                    continue
+                if command != b"f":
+                    return
+                reap()
                 job_r, job_w = os.pipe()
                 req_r, req_w = os.pipe()
                 resp_r, resp_w = os.pipe()
@@ -423,6 +452,20 @@ class ForkServer:
                     os.close(fd)
         finally:
             os._exit(0)
+
+    def exit_status(self, pid: int) -> int | None:
+        """How candidate ``pid`` (already exited) ended: its exit code, or -N for signal N; None if unknown."""
+        try:
+            self.socket.sendall(b"w%d\n" % pid)
+            reply = b""
+            while not reply.endswith(b"\n"):
+                chunk = self.socket.recv(32)
+                if not chunk:
+                    return None
+                reply += chunk
+        except OSError:  # includes the socket timeout: a stopped fork server
+            return None
+        return None if reply.strip() == b"none" else int(reply)
 
     def spare(self) -> "Spare":
         self.socket.sendall(b"f")
@@ -805,11 +848,15 @@ class Runner:
             if exited and open_fds:
                 _drain(open_fds)  # daemons may hold the pipes open: take what is there, then stop
                 break
+        if not exited and not timed_out and not over_limit:  # pipes closed first: wait for the exit itself
+            exited = bool(select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0])
+            timed_out = not exited
         os.close(pidfd)
         candidate.close()
+        exit_code = self.forks.exit_status(candidate.pid) if exited and not timed_out and not over_limit else None
         return {"stdout": bytes(stdout[:limits["output_bytes"]]).decode("utf-8", "replace"),
                 "stderr_tail": bytes(stderr[-2000:]).decode("utf-8", "replace"),
-                "exit": None, "timed_out": timed_out, "output_limit": over_limit,
+                "exit": exit_code, "timed_out": timed_out, "output_limit": over_limit,
                 "s": round(time.monotonic() - started, 6)}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from typing import Any, Iterable
 
 from .base import StdioCase, TestResult
@@ -59,11 +60,17 @@ def stdio_result(case_index: int, case: StdioCase, report: dict[str, Any], float
     stdout = report.get("stdout")
     if not isinstance(stdout, str):
         raise ProtocolViolation("stdio report without stdout")
+    tail = str(report.get("stderr_tail") or "").strip().splitlines()
+    stderr = f" (stderr: {tail[-1][:200]})" if tail else ""
+    exit_code = report.get("exit")
+    if exit_code == -signal.SIGXCPU:  # the CPU-time rlimit
+        return TestResult(case_index, False, "time limit exceeded", seconds)
+    if type(exit_code) is int and exit_code != 0:  # a crash fails even after the right output, as judges rule
+        ended = f"killed by signal {-exit_code}" if exit_code < 0 else f"exit status {exit_code}"
+        return TestResult(case_index, False, f"runtime error: {ended}{stderr}", seconds)
     if stdout_matches(stdout, case.output, float_tol):
         return TestResult(case_index, True, None, seconds)
-    tail = str(report.get("stderr_tail") or "").strip().splitlines()
-    why = f"wrong output (stderr: {tail[-1][:200]})" if tail else "wrong output"
-    return TestResult(case_index, False, why, seconds)
+    return TestResult(case_index, False, f"wrong output{stderr}", seconds)
 
 
 def assert_results(events: Iterable[dict[str, Any]], total: int) -> tuple[tuple[TestResult, ...], str | None]:
