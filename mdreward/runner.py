@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .records import RecordError, json_line, parse_line, sample_from_record, scored_record, without_surrogates
 from .scoring import Scorer
@@ -77,7 +77,7 @@ class RunSummary:
         rows = []
         for name in sorted(self.domains):
             d = self.domains[name]
-            share = lambda status: f"{100 * d.by_status.get(status, 0) / d.records:.1f}%"  # noqa: E731
+            share = _shares(d)
             mean = f"{d.mean_reward:+.3f}" if d.mean_reward is not None else "-"
             accuracy = f"{100 * d.accuracy:.1f}%" if d.accuracy is not None else "-"
             rows.append((name, str(d.records), mean, accuracy, share("ok"), share("format_error"), share("error"),
@@ -91,6 +91,10 @@ class RunSummary:
         if self.resumed:
             lines.append(f"(resumed: {self.resumed} records were already scored and were not scored again)")
         return "\n".join(lines)
+
+
+def _shares(d: DomainSummary) -> Callable[[str], str]:
+    return lambda status: f"{100 * d.by_status.get(status, 0) / d.records:.1f}%"
 
 
 class ResumeMismatch(RuntimeError):

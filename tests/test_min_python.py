@@ -60,7 +60,8 @@ def test_the_declared_minimum_python_installs_and_scores(tmp_path: Path) -> None
     config.write_text('[format]\nmax_response_chars = 100000\n[judge]\nurl = "http://127.0.0.1:9/v1"\nmodel = "m"\n')
     out = tmp_path / "scored.jsonl"
     score = subprocess.run([str(bin_dir / "mdreward"), "score", "--example", "-o", str(out), "--no-progress",
-                            "--config", str(config)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+                            "--config", str(config)],
+                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert score.returncode == 0, score.stderr[-3000:]
     example = subprocess.run([str(bin_dir / "mdreward"), "example"], capture_output=True, text=True, timeout=120,
                              env=env).stdout

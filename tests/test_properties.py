@@ -14,8 +14,8 @@ FRAGMENTS = ["<think>", "</think>", "\\boxed{", "}", "{", "<answer>", "</answer>
 responses = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=5)), max_size=14).map("".join)
 references = st.sampled_from(["1", "\\frac{1}{2}", "x+1", "(1, 2)", "\\text{C}"])
 #: Final answers that reach the equivalence checker (random responses mostly stop at the format rules).
-answers = st.lists(st.sampled_from(["1", "2", "x", "+", "-", "\\frac{1}{2}", "\\sqrt{2}", "^", "0.5", "(", ")", ", ",
-                                    "\\cdot", "\\pi"]), min_size=1, max_size=6).map("".join)
+answers = st.lists(st.sampled_from(["1", "2", "x", "+", "-", "\\frac{1}{2}", "\\sqrt{2}", "^", "0.5", "(", ")",
+                                    ", ", "\\cdot", "\\pi"]), min_size=1, max_size=6).map("".join)
 
 
 @pytest.fixture(scope="module")

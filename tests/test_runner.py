@@ -38,7 +38,8 @@ def strict_records(path: Path) -> list[dict[str, Any]]:
 def write_lines(path: Path, records: list[Any]) -> None:
     """One record per line, non-ASCII written raw (lone surrogates as JSON escapes: they have no UTF-8 form)."""
     lines = [json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogatepass") for r in records]
-    fixed = [SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line.decode("utf-8", "surrogatepass")) for line in lines]
+    fixed = [SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line.decode("utf-8", "surrogatepass"))
+             for line in lines]
     path.write_text("".join(line + "\n" for line in fixed), encoding="utf-8")
 
 
@@ -48,7 +49,7 @@ def test_lone_surrogates_anywhere_never_lose_the_batch(tmp_path: Path) -> None:
         {"id": f"id{lone}", "domain": "math", "reference": "1", "response": f"<think>a{lone}</think> \\boxed{{1}}"},
         {"id": "ref", "domain": "math", "reference": f"2{lone}", "response": "<think>t</think> \\boxed{2}"},
         {"id": "meta", "domain": "math", "reference": "3", "response": "<think>t</think> \\boxed{3}",
-         "metadata": {f"k{lone}": [f"v\udfff"]}, "prompt": f"p{lone}"},
+         "metadata": {f"k{lone}": ["v\udfff"]}, "prompt": f"p{lone}"},
         {"id": "domain", "domain": f"ma{lone}th", "response": "r"},
         {"id": "code", "domain": "code", "tests": {"assert": "assert f() == 1"},
          "response": "<think>t</think>\n```python\ndef f():\n    raise ValueError(chr(0xdc80) + 'x')\n```"},
@@ -95,7 +96,8 @@ def test_input_splits_on_newline_only_and_output_escapes_unicode_line_breaks(tmp
 
 def test_strict_json_in_and_out(tmp_path: Path) -> None:
     rollouts = tmp_path / "in.jsonl"
-    rollouts.write_bytes(b'\xef\xbb\xbf{"domain": "math", "reference": "1", "response": "<think>t</think> \\\\boxed{1}"}\n'
+    rollouts.write_bytes(b'\xef\xbb\xbf'
+                         b'{"domain": "math", "reference": "1", "response": "<think>t</think> \\\\boxed{1}"}\n'
                          b'{"domain": "math", "reference": "1", "response": "r", "x": NaN}\n'
                          b'{"domain": "math", "reference": "1", "response": "\xff\xfe"}\n'
                          + b"[" * 100_000 + b"\n")
@@ -110,7 +112,8 @@ def test_strict_json_in_and_out(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_output_of_a_changed_input(tmp_path: Path) -> None:
-    records = [{"domain": "math", "reference": str(i), "response": f"<think>t</think> \\boxed{{{i}}}"} for i in range(4)]
+    records = [{"domain": "math", "reference": str(i), "response": f"<think>t</think> \\boxed{{{i}}}"}
+               for i in range(4)]
     rollouts = tmp_path / "in.jsonl"
     write_lines(rollouts, records)
     out = tmp_path / "out.jsonl"
@@ -121,7 +124,8 @@ def test_resume_refuses_output_of_a_changed_input(tmp_path: Path) -> None:
     write_lines(rollouts, records)
     result = mdreward("score", str(rollouts), "-o", str(out), "--resume", "--no-progress")
     assert result.returncode == 2
-    assert "input line 2 changed" in result.stderr and "--overwrite" in result.stderr and "Traceback" not in result.stderr
+    assert "input line 2 changed" in result.stderr and "--overwrite" in result.stderr
+    assert "Traceback" not in result.stderr
     assert out.read_bytes() == before
     # an output written by something else is refused too, naming the line
     out.write_text('{"reward": 1.0}\n')

@@ -12,7 +12,6 @@ import pytest
 from mdreward import runtime
 from mdreward.runtime import KillablePool, LoopThread, LRUCache, TaskTimedOut
 
-
 TESTS = str(Path(__file__).resolve().parent)
 #: Workers import the target by module name; a site-packages ``tests`` package would shadow ``tests.worker_targets``.
 TARGET = "worker_targets:run"
