@@ -1,3 +1,4 @@
+import concurrent.futures
 import gc
 import os
 import subprocess
@@ -116,12 +117,18 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_a_configured_shutdown_budget_bounds_close():
-    p = KillablePool(TARGET, workers=1, shutdown_s=0.2)
+def _pool_running(shutdown_s: float, sleep_s: float) -> tuple[KillablePool, concurrent.futures.Future]:
+    """A warm one-worker pool whose worker is busy sleeping ``sleep_s``."""
+    p = KillablePool(TARGET, workers=1, shutdown_s=shutdown_s)
     p.submit(("echo", 0), 60).result(timeout=60)
-    running = p.submit(("sleep", 20), deadline_s=30)
+    running = p.submit(("sleep", sleep_s), deadline_s=sleep_s + 30)
     while not running.running():
         time.sleep(0.01)
+    return p, running
+
+
+def test_a_configured_shutdown_budget_bounds_close():
+    p, _ = _pool_running(shutdown_s=0.2, sleep_s=20)
     started = time.monotonic()
     p.close()
     assert time.monotonic() - started < 10  # 0.2 s configured; the default (30 s) would wait for the 20 s task
@@ -131,11 +138,7 @@ def test_a_configured_shutdown_budget_bounds_close():
 
 
 def test_closing_cancels_queued_tasks():
-    p = KillablePool(TARGET, workers=1, shutdown_s=30)
-    p.submit(("echo", 0), 60).result(timeout=60)
-    running = p.submit(("sleep", 0.5), deadline_s=60)
-    while not running.running():
-        time.sleep(0.01)
+    p, running = _pool_running(shutdown_s=30, sleep_s=0.5)
     queued = [p.submit(("sleep", 60), deadline_s=120) for _ in range(3)]
     p.close()
     assert running.result(timeout=1) == 0.5
