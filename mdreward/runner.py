@@ -25,8 +25,8 @@ class DomainSummary:
     by_status: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Status})
     wall_s: float = 0.0
     correct: int = 0
-    #: Records whose domain reports ``components.correct`` (writing domains grade, they do not mark right/wrong).
-    graded_correct: int = 0
+    #: Records marked right or wrong (``components.correct``); writing domains grade instead.
+    marked: int = 0
 
     def add(self, reward: float | None, status: str, components: Any = None) -> None:
         self.records += 1
@@ -36,7 +36,7 @@ class DomainSummary:
             self.reward_sum += reward
         correct = components.get("correct") if isinstance(components, dict) else None
         if isinstance(correct, bool):
-            self.graded_correct += 1
+            self.marked += 1
             self.correct += correct
 
     @property
@@ -47,7 +47,7 @@ class DomainSummary:
     def accuracy(self) -> float | None:
         """Correct records over all records (format errors and unscored count as not correct), or None
         when the domain marks no record right or wrong."""
-        return self.correct / self.records if self.graded_correct else None
+        return self.correct / self.records if self.marked else None
 
 
 #: Summary columns: (header, meaning). The legend printed under the table repeats the meanings.

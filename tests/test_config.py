@@ -136,3 +136,11 @@ def test_a_wrong_domain_option_names_itself_in_every_record_of_that_domain() -> 
     assert wrong.status.value == "error" and wrong.reward is None
     assert "wokers" in (wrong.error or "") and "unavailable" in (wrong.error or "")
     assert other.status.value == "error"
+
+
+def test_serve_reads_the_config_with_the_same_loader(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[judge]\nurl = "http://h/v1"\nmodel = "m"\nconcurency = 4\n')
+    result = mdreward("serve", "--config", str(config), "--port", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "unknown key(s) ['concurency']" in result.stderr and len(result.stderr.strip().splitlines()) == 1
