@@ -175,8 +175,7 @@ def test_every_domain_respects_its_time_budget(spec):
     try:
         with Scorer(ScoringConfig(timeouts=TIGHT, domain_options={spec.name: options})) as scorer:
             scorer.warm_up([spec.name])
-            warm = scorer.score(replace(sample, response="", id="warm"))  # start workers and sandboxes first
-            assert warm.status is not Status.OK
+            scorer.score(replace(sample, response="", id="warm"))  # start workers and sandboxes first
             outcome: list[Score] = []
             worker = threading.Thread(target=lambda: outcome.append(scorer.score(sample)), daemon=True)
             started = time.monotonic()
