@@ -48,7 +48,7 @@ def run_cli(args, plugin_path, **env):
 def test_plugin_domain_is_listed_with_its_package_and_a_broken_one_only_warns(plugin_path):
     result = run_cli(["domains"], plugin_path)
     assert result.returncode == 0, result.stderr
-    line = next(l for l in result.stdout.splitlines() if l.startswith("acme.echo"))
+    line = next(row for row in result.stdout.splitlines() if row.startswith("acme.echo"))
     assert "acme-plugin" in line and "1.2.3" in line
     assert "math" in result.stdout
     assert "broken" in result.stderr and "failed to load" in result.stderr
