@@ -5,7 +5,10 @@ a training reward and an evaluation score. Nothing here judges correctness.
 """
 from __future__ import annotations
 
+import ast
 import re
+import textwrap
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -198,7 +201,7 @@ _LETTER_WITH_TEXT = re.compile(r"^[(\[]?([A-Z])[)\].:]\s+\S")
 _SEPARATOR = re.compile(r"\s*(?:,|/|;|&|\bor\b|\band\b)\s*")
 _ANSWER_PHRASE = re.compile(
     r"(?i:\b(?:final\s+answer|answer|correct\s+(?:option|choice))(?:\s+is)?(?:\s+(?:option|choice))?)"
-    r"\s*[:：]?\s*(?:\*\*|\$)?\s*(.*)")
+    r"\s*[:：]?\s*(?:\*\*|\$)?\s*(?=(.*))")
 _STANDALONE = re.compile(r"(?<![\w'’\\])(?:\(([A-Za-z])\)|([A-Z]))(?![\w'’])")
 _TOKEN = r"(?:\([A-Za-z]\)|\[[A-Za-z]\]|[A-Z](?![\w'’]))"
 _LEADING_LETTERS = re.compile(rf"^{_TOKEN}(?:\s*(?:,|/|;|&|\bor\b|\band\b)\s*{_TOKEN})*")
@@ -289,3 +292,30 @@ def choice_letter(after_think: str, options: Sequence[str] = (), letters: str = 
         if found:
             return ChoiceAnswer(found[-1], "last_line", found)
     return FormatViolation("no option letter in the answer (no \\boxed{X}, no 'Answer: X', no letter on the last line)")
+
+
+def _defines_function(code: str, name: str) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name for node in module.body)
+
+
+def complete_function(code: str, prefix: str, entry_point: str) -> str:
+    """The program of a function-completion answer (HumanEval): ``code`` itself when it defines
+    ``entry_point`` at top level; else, when ``code`` is only the function's body, ``prefix`` (the
+    prompt: imports, signature, docstring) followed by the body (indented one level if the model
+    wrote it flush left); else ``code`` unchanged (it then fails on its own)."""
+    if _defines_function(code, entry_point):
+        return code
+    body = code.strip("\n")
+    lines = [line for line in body.splitlines() if line.strip()]
+    if not lines:
+        return code
+    if not lines[0][0].isspace():
+        body = textwrap.indent(body, "    ")
+    program = prefix.rstrip() + "\n" + body + "\n"
+    return program if _defines_function(program, entry_point) else code
