@@ -9,8 +9,8 @@ import ast
 import re
 import textwrap
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .types import FormatRules
 

@@ -229,7 +229,7 @@ def test_humaneval_body_only_and_full_answers_through_the_sandbox(data_dir, code
     for task in chosen:
         item, problem = items[task], problems[task]
         body = problem["canonical_solution"]
-        flush_left = "\n".join(line[4:] if line.startswith("    ") else line for line in body.splitlines())
+        flush_left = "\n".join(line.removeprefix("    ") for line in body.splitlines())
         for code, reward in [(body, 1.0), (flush_left, 1.0), (problem["prompt"] + body, 1.0),
                              ("    return None\n", -0.5)]:
             samples.append(sample_for(item, f"<think>Write it.</think>\n```python\n{code}\n```"))

@@ -12,7 +12,8 @@ wrong 0.0, invalid format -1.0.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..extract import FormatViolation, choice_letter, split_think
 from ..registry import DomainSpec
