@@ -83,26 +83,38 @@ def answer_tags(text: str) -> list[str]:
     return [m.strip() for m in _ANSWER_TAG.findall(text)]
 
 
+_BARE_TOKEN = re.compile(r"[^\s$]+")
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """Position of every ``{`` that is closed -> position of its ``}`` (one pass: hostile text with
+    thousands of unterminated boxes stays linear)."""
+    opened: list[int] = []
+    pairs: dict[int, int] = {}
+    for i, ch in enumerate(text):
+        if ch == "{":
+            opened.append(i)
+        elif ch == "}" and opened:
+            pairs[opened.pop()] = i
+    return pairs
+
+
 def boxed_contents(text: str) -> list[str]:
     r"""Contents of every ``\boxed{...}`` / ``\fbox{...}`` (braces matched; ``\boxed 5`` too), in order.
 
     An unterminated ``\boxed{`` yields nothing.
     """
     found: list[str] = []
+    closing: dict[int, int] | None = None
     for match in _BOXED.finditer(text):
         start = match.end()
         if start < len(text) and text[start] == "{":
-            depth = 0
-            for i in range(start, len(text)):
-                if text[i] == "{":
-                    depth += 1
-                elif text[i] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        found.append(text[start + 1:i].strip())
-                        break
+            if closing is None:
+                closing = _matching_braces(text)
+            if start in closing:
+                found.append(text[start + 1:closing[start]].strip())
         elif match.group(0).endswith(" ") or match.group(0).endswith("\t"):
-            token = re.match(r"[^\s$]+", text[start:])
+            token = _BARE_TOKEN.match(text, start)
             if token:
                 found.append(token.group(0))
     return [f for f in found if f]
@@ -201,7 +213,7 @@ _LETTER_WITH_TEXT = re.compile(r"^[(\[]?([A-Z])[)\].:]\s+\S")
 _SEPARATOR = re.compile(r"\s*(?:,|/|;|&|\bor\b|\band\b)\s*")
 _ANSWER_PHRASE = re.compile(
     r"(?i:\b(?:final\s+answer|answer|correct\s+(?:option|choice))(?:\s+is)?(?:\s+(?:option|choice))?)"
-    r"\s*[:：]?\s*(?:\*\*|\$)?\s*(?=(.*))")
+    r"\s*[:：]?\s*(?:\*\*|\$)?\s*(?=([^\n]{0,200}))")
 _STANDALONE = re.compile(r"(?<![\w'’\\])(?:\(([A-Za-z])\)|([A-Z]))(?![\w'’])")
 _TOKEN = r"(?:\([A-Za-z]\)|\[[A-Za-z]\]|[A-Z](?![\w'’]))"
 _LEADING_LETTERS = re.compile(rf"^{_TOKEN}(?:\s*(?:,|/|;|&|\bor\b|\band\b)\s*{_TOKEN})*")
