@@ -239,6 +239,8 @@ def _letters_in(fragment: str) -> tuple[str, ...]:
     whole = _LETTER_ALONE.match(text) or _LETTER_WITH_TEXT.match(text)
     if whole:
         return (whole.group(1).upper(),)
+    if len(text) > 80:  # ten letters with separators fit in far less
+        return ()
     parts = [p for p in _SEPARATOR.split(text) if p]
     if len(parts) > 1 and all(_LETTER_ALONE.match(p) for p in parts):
         return tuple(_LETTER_ALONE.match(p).group(1).upper() for p in parts)  # type: ignore[union-attr]
@@ -248,10 +250,13 @@ def _letters_in(fragment: str) -> tuple[str, ...]:
 _VERB_AFTER_LETTER = re.compile(r"\s+(?:is|was|seems|fits|matches|holds|must|should|would)\b")
 
 
-def _is_word(rest: str) -> bool:
-    """After a capital ``A``/``I``: a lower-case word makes it an article or a pronoun (``A cat``,
-    ``I think``), unless the word is a verb that states it as the answer (``A is correct``)."""
-    return bool(re.match(r"\s+[a-z]", rest)) and not _VERB_AFTER_LETTER.match(rest)
+_LOWER_WORD_AFTER = re.compile(r"\s+[a-z]")
+
+
+def _is_word(line: str, end: int) -> bool:
+    """After a capital ``A``/``I`` ending at ``end``: a lower-case word makes it an article or a pronoun
+    (``A cat``, ``I think``), unless the word is a verb that states it as the answer (``A is correct``)."""
+    return bool(_LOWER_WORD_AFTER.match(line, end)) and not _VERB_AFTER_LETTER.match(line, end)
 
 
 def _phrase_letters(phrase: str) -> tuple[str, ...]:
@@ -300,7 +305,7 @@ def choice_letter(after_think: str, options: Sequence[str] = (), letters: str = 
         found = tuple(
             (m.group(1) or m.group(2)).upper() for m in _STANDALONE.finditer(last)
             if (m.group(1) or m.group(2)).upper() in letters
-            and not (m.group(2) in ("A", "I") and _is_word(last[m.end():])))
+            and not (m.group(2) in ("A", "I") and _is_word(last, m.end())))
         if found:
             return ChoiceAnswer(found[-1], "last_line", found)
     return FormatViolation("no option letter in the answer (no \\boxed{X}, no 'Answer: X', no letter on the last line)")
