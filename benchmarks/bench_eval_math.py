@@ -94,7 +94,7 @@ def truth(kind: str, response: str, gold: str) -> bool:
     an unterminated box gives no answer; a hedge (two different boxed answers) is not an answer,
     unless both are equal; a "wrong" answer is right only when it equals the gold by value.
     """
-    if kind in ("equal_rewrite_answer_tag", "equal_rewrite_boxed") and re.search(r"\d,(?:\\!)?\d{3}", gold):
+    if kind in ("equal_rewrite_answer_tag", "equal_rewrite_boxed") and re.fullmatch(r"\d{1,3}(?:,(?:\\!)?\d{3})+", gold):
         return ", " not in response.split("</think>", 1)[1]
     if kind in ("gold", "equal_rewrite_answer_tag", "equal_rewrite_boxed", "no_think_gold"):
         return True
