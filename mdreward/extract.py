@@ -210,13 +210,14 @@ _OPTION_MARK = "\x00option\x00"
 _LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|textit)\s*\{([^{}]*)\}")
 _LETTER_ALONE = re.compile(r"^[(\[]?([A-Za-z])[)\]]?[.:)]?$")
 _LETTER_WITH_TEXT = re.compile(r"^[(\[]?([A-Z])[)\].:]\s+\S")
-_SEPARATOR = re.compile(r"\s*(?:,|/|;|&|\bor\b|\band\b)\s*")
+_LIST_SEPARATOR = r"\s*(?:,|/|;|&|\bor\b|\band\b)\s*"
+_SEPARATOR = re.compile(_LIST_SEPARATOR)
 _ANSWER_PHRASE = re.compile(
     r"(?i:\b(?:final\s+answer|answer|correct\s+(?:option|choice))(?:\s+is)?(?:\s+(?:option|choice))?)"
     r"\s*[:：]?\s*(?:\*\*|\$)?\s*(?=([^\n]{0,200}))")
 _STANDALONE = re.compile(r"(?<![\w'’\\])(?:\(([A-Za-z])\)|([A-Z]))(?![\w'’])")
 _TOKEN = r"(?:\([A-Za-z]\)|\[[A-Za-z]\]|[A-Z](?![\w'’]))"
-_LEADING_LETTERS = re.compile(rf"^{_TOKEN}(?:\s*(?:,|/|;|&|\bor\b|\band\b)\s*{_TOKEN})*")
+_LEADING_LETTERS = re.compile(rf"^{_TOKEN}(?:{_LIST_SEPARATOR}{_TOKEN})*")
 _OPTION_LINE = re.compile(r"^\W*[(\[]?[A-Z][)\].:]\s*" + re.escape(_OPTION_MARK) + r"\W*$")
 
 
@@ -241,15 +242,13 @@ def _letters_in(fragment: str) -> tuple[str, ...]:
         return (whole.group(1).upper(),)
     if len(text) > 80:  # ten letters with separators fit in far less
         return ()
-    parts = [p for p in _SEPARATOR.split(text) if p]
-    if len(parts) > 1 and all(_LETTER_ALONE.match(p) for p in parts):
-        return tuple(_LETTER_ALONE.match(p).group(1).upper() for p in parts)  # type: ignore[union-attr]
+    matches = [_LETTER_ALONE.match(p) for p in _SEPARATOR.split(text) if p]
+    if len(matches) > 1 and all(matches):
+        return tuple(m.group(1).upper() for m in matches if m)
     return ()
 
 
 _VERB_AFTER_LETTER = re.compile(r"\s+(?:is|was|seems|fits|matches|holds|must|should|would)\b")
-
-
 _LOWER_WORD_AFTER = re.compile(r"\s+[a-z]")
 
 
@@ -270,7 +269,8 @@ def _phrase_letters(phrase: str) -> tuple[str, ...]:
     return tuple(t.strip("()[]").upper() for t in re.findall(_TOKEN, lead.group(0))) if lead else ()
 
 
-def choice_letter(after_think: str, options: Sequence[str] = (), letters: str = "ABCDEFGHIJ") -> ChoiceAnswer | FormatViolation:
+def choice_letter(after_think: str, options: Sequence[str] = (),
+                  letters: str = "ABCDEFGHIJ") -> ChoiceAnswer | FormatViolation:
     r"""The option letter of a multiple-choice answer, by one rule (docs/choice.md).
 
     First every occurrence of an option's text is blanked, so text quoted from the options is never
@@ -279,8 +279,8 @@ def choice_letter(after_think: str, options: Sequence[str] = (), letters: str = 
     1. ``boxed``: every ``\boxed{}`` whose content is a letter (``B``, ``(B)``, ``\text{B}``, ``b``,
        ``B) its text``) or a list of letters (``A or B``); boxes holding anything else are ignored.
     2. ``answer_phrase``: the last "answer: X" / "answer is (X)" / "final answer: X" / "correct
-       option is X" (case-insensitive phrase), where X is read like a box's content up to the end
-       of its line (a trailing full stop is fine).
+       option is X" (case-insensitive phrase), where X is the rest of its line (at most 200
+       characters) read like a box's content, else the letters it starts with.
     3. ``last_line``: the standalone letters in ``letters`` on the last non-empty line that is not a
        restated option (``A) <option text>``): capitals not inside a word (``B``, ``B.``, ``**B**``),
        or any case in parentheses (``(b)``); ``A``/``I`` followed by a lower-case word are an
