@@ -268,3 +268,15 @@ def test_bad_prefix_field_is_unscored(code_scorer):
                     tests={"assert": "assert f() == 1", "entry_point": "f", "prefix": 7})
     score = code_scorer.score(sample)
     assert score.status is Status.ERROR and "tests.prefix" in score.error and "h1" in score.error
+
+
+@needs_data
+def test_code_and_amc_prompts(data_dir):
+    with gzip.open(SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz", "rt") as handle:
+        first = json.loads(handle.readline())
+    item = load_benchmark("humaneval", data_dir)[0]
+    assert f"```python\n{first['prompt']}```" in item["prompt"] and "complete function" in item["prompt"]
+    assert item["tests"] == {"assert": first["test"], "entry_point": first["entry_point"], "setup": first["prompt"],
+                             "prefix": first["prompt"]}
+    amc = load_benchmark("amc23", data_dir)[0]
+    assert amc["prompt"].startswith("Cities $A$ and $B$ are $45$ miles apart.") and "\\boxed{}" in amc["prompt"]
