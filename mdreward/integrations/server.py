@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -77,10 +78,26 @@ class HTTPError(Exception):
         self.status, self.message, self.headers = status, message, dict(headers or {})
 
 
+def strict_json_value(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±Infinity: not JSON) replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): strict_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json_value(v) for v in value]
+    return value
+
+
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    """JSON with non-finite numbers and odd component values written safely (never a 500 for them)."""
-    text = json.dumps(body, ensure_ascii=False, default=str, allow_nan=True)
+    """Strict JSON (RFC 8259): non-finite numbers become ``null``, odd component values their text."""
+    text = json.dumps(strict_json_value(body), ensure_ascii=False, default=str, allow_nan=False)
     return Response(text, status_code=status, media_type="application/json", headers=dict(headers or {}))
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """The one shape of every error reply: ``{"error": <message>, "status": <HTTP status>}``."""
+    return json_response({"error": message, "status": status}, status, headers)
 
 
 # ---- metrics ------------------------------------------------------------------------------------
@@ -155,6 +172,10 @@ class RewardService:
         self.ready = False
         self.draining = False
         self.unusable: dict[str, str] = {}  # domain → why its example could not be scored at start-up
+        self._unscored_since_log = 0
+        self._last_unscored_log = -math.inf
+        if openrlhf.default_domain is not None:  # a typo must stop the start, not unscore every plain label
+            scorer.registry.resolve(openrlhf.default_domain)
 
     # admission: the bounded queue of records
     def admit(self, count: int) -> None:
@@ -199,9 +220,23 @@ class RewardService:
             try:
                 prepared.append(sample_from_record(record))
             except RecordError as exc:
-                prepared.append(Score.unscored(f"records[{i}]: {exc}"))
-        scores = await self.score_samples(prepared)
-        return [scored_record(record, _named(score, i, record)) for i, (record, score) in enumerate(zip(records, scores))]
+                prepared.append(Score.unscored(str(exc)))
+        scores = [_named(score, i, record) for i, (record, score) in enumerate(zip(records, await self.score_samples(prepared)))]
+        self.log_unscored("/score", [s.error for s in scores if not s.scored])
+        cap = self.scorer.config.format_rules.max_response_chars
+        return [_without_oversized_response(scored_record(record, score), cap) for record, score in zip(records, scores)]
+
+    def log_unscored(self, endpoint: str, errors: Sequence[str | None]) -> None:
+        """Log why records could not be scored: at most one line per ``UNSCORED_LOG_INTERVAL_S``, with counts."""
+        if not errors:
+            return
+        self._unscored_since_log += len(errors)
+        now = time.monotonic()
+        if now - self._last_unscored_log < UNSCORED_LOG_INTERVAL_S:
+            return
+        log.warning("%s: %d records could not be scored since the last report; latest: %s",
+                    endpoint, self._unscored_since_log, errors[0])
+        self._unscored_since_log, self._last_unscored_log = 0, now
 
     async def score_openrlhf(self, body: Mapping[str, Any]) -> dict[str, Any]:
         queries = body.get("query")
@@ -212,6 +247,7 @@ class RewardService:
         labels = _optional_list(body, "labels", n)
         prepared = [self._openrlhf_sample(i, queries[i], prompts[i], labels[i]) for i in range(n)]
         scores = await self.score_samples(prepared)
+        self.log_unscored("/openrlhf", [s.error for s in scores if not s.scored])
         placeholder = self.openrlhf.unscored_reward
         rewards = [s.reward if s.reward is not None else placeholder for s in scores]
         return {
@@ -247,12 +283,26 @@ class RewardService:
             return Score.unscored(f"{where}: labels[{i}]: {exc}")
 
 
+UNSCORED_LOG_INTERVAL_S = 10.0  # how often the server logs why records could not be scored (a log rate, no budget)
+
+
 def _named(score: Score, index: int, record: Any) -> Score:
-    """An error about a record without ``id`` also names its position in the request."""
-    if score.scored or score.error is None or not isinstance(record, Mapping) or record.get("id") is not None \
-            or score.error.startswith("records["):
+    """Every record error starts the same way: ``records[<position>]: `` (then the record's own words,
+    which name its ``id`` when it has one)."""
+    if score.scored or score.error is None:
         return score
-    return Score.unscored(f"records[{index}]: {score.error.removeprefix('record: ')}", **score.components)
+    message = score.error.removeprefix("record: ")
+    return Score.unscored(f"records[{index}]: {message}", **score.components)
+
+
+def _without_oversized_response(result: dict[str, Any], cap: int) -> dict[str, Any]:
+    """A response over the size cap is not echoed back (a 20 MB echo is what the cap exists to prevent);
+    ``response_chars`` says how long it was."""
+    response = result.get("response")
+    if isinstance(response, str) and len(response) > cap:
+        result["response"] = None
+        result["response_chars"] = len(response)
+    return result
 
 
 def _optional_list(body: Mapping[str, Any], name: str, n: int) -> list[Any]:
@@ -329,10 +379,10 @@ def create_app(service: RewardService | None = None, *, config: ScoringConfig | 
                     raise HTTPError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
                 response = await handler(request)
             except HTTPError as exc:
-                response = json_response({"error": exc.message}, exc.status, exc.headers)
+                response = error_response(exc.status, exc.message, exc.headers)
             except Exception as exc:  # a bug must still answer, and be counted
                 log.exception("%s failed", name)
-                response = json_response({"error": f"internal error: {exc!r}"}, 500)
+                response = error_response(500, f"internal error: {exc!r}")
             finally:
                 svc.metrics.inflight_requests -= 1
             svc.metrics.observe_request(name, response.status_code, time.perf_counter() - started)
@@ -398,7 +448,19 @@ def create_app(service: RewardService | None = None, *, config: ScoringConfig | 
         Route("/readyz", endpoint("readyz", readyz, auth=False), methods=["GET"]),
         Route("/metrics", endpoint("metrics", metrics), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def http_exception(request: Request, exc: Exception) -> Response:
+        """Starlette's own errors (404 no such path, 405 wrong method) in the same JSON shape."""
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            message = f"no endpoint {request.url.path}; endpoints: {', '.join(sorted({r.path for r in routes}))}"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        else:
+            message = str(exc.detail)
+        return error_response(exc.status_code, message, exc.headers)
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_exception})
     app.state.service = svc
     return app
 
