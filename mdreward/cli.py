@@ -7,9 +7,9 @@ import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from .config import ConfigError, judge_section, load_config
+from .config import ConfigError, load_config
 from .registry import load_domains
 from .runner import ResumeMismatch, score_file
 from .scoring import Scorer
@@ -21,19 +21,6 @@ def _example_text() -> str:
     return resources.files("mdreward").joinpath("examples", EXAMPLE).read_text()
 
 
-def judge_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    judge = judge_section(args.config)
-    url = args.judge_url or judge.get("url")
-    model = args.judge_model or judge.get("model")
-    if not url:
-        return {}
-    try:
-        from .judges.config import judge_options_from_cli
-    except ImportError as exc:
-        raise ConfigError(f"--judge-url needs the judge extra: pip install 'mdreward[judge]' ({exc})") from exc
-    return judge_options_from_cli(url, model, judge)
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not (args.resume or args.overwrite):
@@ -41,7 +28,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 2
     try:
         config = load_config(args.config, think_in_prompt=True if args.think_in_prompt else None,
-                             domain_options=judge_options(args))
+                             judge_url=args.judge_url, judge_model=args.judge_model)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -550,11 +550,10 @@ def _token(path: str | None) -> str | None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from ..cli import judge_options  # the same judge flags as `mdreward score`
-    from ..config import ConfigError, load_config
+    from ..config import ConfigError, load_config  # the same loader and judge flags as `mdreward score`
     try:
         config = load_config(args.config, think_in_prompt=True if args.think_in_prompt else None,
-                             domain_options=judge_options(args))
+                             judge_url=args.judge_url, judge_model=args.judge_model)
         limits = ServerLimits(int(args.max_body_mb * 2**20), args.max_records, args.max_pending)
         token = _token(args.token_file)
     except (ConfigError, ValueError, OSError) as exc:
