@@ -267,11 +267,15 @@ class RewardService:
         if not isinstance(query, str):
             return Score.unscored(f"{where}: must be a string, got {type(query).__name__}")
         if prompt is None:
-            response = query
-        elif not isinstance(prompt, str) or not query.startswith(prompt):
-            return Score.unscored(f"{where}: does not start with prompts[{i}]; cannot separate the response")
+            response: str | None = query
+        elif not isinstance(prompt, str):
+            return Score.unscored(f"{where}: prompts[{i}] must be a string, got {type(prompt).__name__}")
         else:
-            response = query[len(prompt):]
+            response = response_after_prompt(query, prompt)
+        if response is None:
+            return Score.unscored(f"{where}: starts neither with prompts[{i}] nor with a tail of it (at least "
+                                  f"{MIN_PROMPT_TAIL_CHARS} characters, what OpenRLHF keeps of a truncated prompt); "
+                                  "cannot separate the response")
         try:
             fields = label_fields(label, self.openrlhf.default_domain)
         except ValueError as exc:
@@ -303,6 +307,54 @@ def _without_oversized_response(result: dict[str, Any], cap: int) -> dict[str, A
         result["response"] = None
         result["response_chars"] = len(response)
     return result
+
+
+#: The shortest prompt tail accepted as the start of a query whose prompt OpenRLHF truncated.
+MIN_PROMPT_TAIL_CHARS = 32
+#: Leading characters of a query that may be the debris of a token cut in two by that truncation.
+MAX_CUT_TOKEN_CHARS = 4
+
+
+def response_after_prompt(query: str, prompt: str) -> str | None:
+    """The response part of an OpenRLHF query: ``query`` minus its prompt.
+
+    OpenRLHF's query is ``decode(prompt_tokens + response_tokens)``; a prompt longer than
+    ``max_len - max_new_tokens`` loses its *head* (``prompt_tokens[-max_prompt_length:]``), so the
+    query then starts with a tail of ``prompts[i]``, possibly after a few replacement characters
+    from a multi-byte character whose token was cut. The longest tail of the prompt (at least
+    :data:`MIN_PROMPT_TAIL_CHARS`, or the whole prompt) that starts the query marks the response;
+    None when there is none.
+    """
+    if query.startswith(prompt):
+        return query[len(prompt):]
+    for skip in range(min(MAX_CUT_TOKEN_CHARS, len(query)) + 1):
+        overlap = _longest_prefix_that_is_suffix(query[skip:skip + len(prompt)], prompt)
+        if overlap >= min(MIN_PROMPT_TAIL_CHARS, len(prompt)):
+            return query[skip + overlap:]
+        if skip < len(query) and query[skip] != "\ufffd":
+            break  # only replacement characters may precede the tail
+    return None
+
+
+def _longest_prefix_that_is_suffix(head: str, text: str) -> int:
+    """Length of the longest prefix of ``head`` that is a suffix of ``text`` (Knuth–Morris–Pratt, linear)."""
+    if not head or not text:
+        return 0
+    failure = [0] * len(head)
+    k = 0
+    for i in range(1, len(head)):
+        while k and head[i] != head[k]:
+            k = failure[k - 1]
+        if head[i] == head[k]:
+            k += 1
+        failure[i] = k
+    k = 0
+    for ch in text[max(0, len(text) - len(head)):]:
+        while k and (k == len(head) or ch != head[k]):
+            k = failure[k - 1]
+        if ch == head[k]:
+            k += 1
+    return k
 
 
 def _optional_list(body: Mapping[str, Any], name: str, n: int) -> list[Any]:
@@ -454,7 +506,7 @@ def create_app(service: RewardService | None = None, *, config: ScoringConfig | 
         if exc.status_code == 404:
             message = f"no endpoint {request.url.path}; endpoints: {', '.join(sorted({r.path for r in routes}))}"
         elif exc.status_code == 405:
-            allowed = (exc.headers or {}).get("allow", "")
+            allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "")
             message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
         else:
             message = str(exc.detail)
@@ -561,8 +613,12 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without a bearer token: anyone who can reach it can use it", args.host)
-    app = create_app(config=config, limits=limits, token=token,
-                     openrlhf=OpenRLHFOptions(args.default_domain, args.unscored_reward))
+    try:
+        app = create_app(config=config, limits=limits, token=token,
+                         openrlhf=OpenRLHFOptions(args.default_domain, args.unscored_reward))
+    except UnknownName as exc:
+        print(f"error: --default-domain: {exc}", file=sys.stderr)
+        return 2
     sock = bind_socket(args.host, args.port)
     print(f"mdreward serve: listening on http://{args.host}:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
     serve(app, drain_s=config.timeouts.server_drain_s, log_level=args.log_level, sock=sock)
