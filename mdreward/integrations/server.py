@@ -420,7 +420,14 @@ def create_app(service: RewardService | None = None, *, config: ScoringConfig | 
     """The ASGI app. With ``service`` given, the caller owns its scorer; otherwise the app builds one
     from ``config`` at start-up and closes it at shutdown."""
     owned = service is None
-    svc = service or RewardService(Scorer(config or ScoringConfig()), limits, openrlhf, token)
+    if service is None:
+        scorer = Scorer(config or ScoringConfig())
+        try:
+            service = RewardService(scorer, limits, openrlhf, token)
+        except UnknownName:  # an unknown default domain: nothing starts
+            scorer.close()
+            raise
+    svc = service
 
     def endpoint(name: str, handler: Handler, *, auth: bool = True) -> Handler:
         async def run(request: Request) -> Response:

@@ -172,7 +172,8 @@ class MdrewardReward:
             values = columns.get(name)
             return values[i] if values is not None else None
 
-        rows, samples = [], []
+        rows: list[int] = []
+        samples: list[tuple[str, Sample | Score]] = []
         for i, completion in enumerate(completions):
             row_domain = self._resolve(str(domains[i])) if domains[i] is not None else None
             if self.domain is not None and row_domain != self.domain:

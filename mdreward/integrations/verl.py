@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from mdreward.registry import UnknownName
-from mdreward.scoring import Scorer, ScoringConfig
+from mdreward.scoring import Scorer
 from mdreward.types import Sample, Score
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -47,12 +47,12 @@ def _plain_settings(config: Any) -> dict[str, Any]:
     """``reward.reward_kwargs`` of verl's config (an OmegaConf node or a dict) as plain Python values."""
     reward_cfg = config.get("reward") or {}
     kwargs = reward_cfg.get("reward_kwargs") or {}
-    try:
-        from omegaconf import OmegaConf
-        kwargs = OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else dict(kwargs)
-    except ImportError:  # pragma: no cover - verl depends on omegaconf
-        kwargs = dict(kwargs)
-    settings = {k: v for k, v in kwargs.items() if k in SETTINGS}
+    from omegaconf import OmegaConf  # verl depends on it
+
+    plain = OmegaConf.to_container(kwargs, resolve=True) if OmegaConf.is_config(kwargs) else kwargs
+    if not isinstance(plain, Mapping):
+        raise TypeError(f"reward.reward_kwargs must be a mapping, got {type(plain).__name__}")
+    settings = {str(k): v for k, v in plain.items() if k in SETTINGS}
     settings.setdefault("reward_workers", reward_cfg.get("num_workers"))
     return settings
 
@@ -83,7 +83,8 @@ class MdrewardRewardManager(RewardManagerBase):
         item = data[-1:][0]  # multi-sequence outputs: the last sequence carries the answer (as verl's managers)
         response_ids = item.batch["responses"]
         valid_length = int(item.batch["attention_mask"][-response_ids.shape[-1]:].sum())
-        text = self.tokenizer.decode(response_ids[:valid_length], skip_special_tokens=True)
+        tokenizer: Any = self.tokenizer
+        text = tokenizer.decode(response_ids[:valid_length], skip_special_tokens=True)
         non_tensor = item.non_tensor_batch
         reward_model = non_tensor.get("reward_model") or {}
         extra_info = non_tensor.get("extra_info")
@@ -102,7 +103,7 @@ class MdrewardRewardManager(RewardManagerBase):
         columns = list(zip(*(request for request, _ in batch)))
         try:
             results = await self.reward.acompute_score_batch(*columns)
-        except Exception as exc:  # hand the failure to every waiting run_single, where verl sees it
+        except Exception as exc:  # noqa: BLE001 - hand the failure to every waiting run_single, where verl sees it
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
@@ -115,7 +116,7 @@ class MdrewardRewardManager(RewardManagerBase):
 @register_adv_est(MASKING_ESTIMATOR)
 def compute_grpo_advantage_scored_only(token_level_rewards: torch.Tensor, response_mask: torch.Tensor,
                                        index: np.ndarray, epsilon: float = 1e-6, norm_adv_by_std_in_grpo: bool = True,
-                                       config: Optional[Any] = None, **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                                       config: Any | None = None, **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """verl's GRPO advantage over the scored responses only; rows whose reward is NaN (unscored,
     from :class:`MdrewardRewardManager`) get advantage 0 and a zeroed ``response_mask`` (in place)."""
     if config is not None:
