@@ -7,9 +7,9 @@ form with the same keys, so verl can stack them into ``reward_extra_info``; a re
 not be scored has ``scored=False``, ``acc=None`` (verl's validation metrics skip None) and
 ``score=unscored_score`` (a placeholder to mask, see docs/integrations.md), never a silent 0.
 
-Supported verl versions: 0.4 to 0.9 through these functions (``custom_reward_function``); verl
-0.9's reward loop also through :mod:`mdreward.integrations.verl_loop` (a reward manager that
-batches, and an advantage estimator that leaves unscored responses out).
+Supported verl: 0.9 (tested with 0.9.1), through these functions (``custom_reward_function``) or
+:mod:`mdreward.integrations.verl_loop` (a reward manager that batches, and an advantage estimator
+that leaves unscored responses out). verl < 0.9 calls the same function signature (untested here).
 """
 from __future__ import annotations
 
