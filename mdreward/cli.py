@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 from importlib import resources
@@ -43,13 +44,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not input_path.exists():
         print(f"error: input {input_path} does not exist", file=sys.stderr)
         return 2
-    with Scorer(config) as scorer:
-        try:
-            summary = score_file(scorer, input_path, output, resume=args.resume, batch_size=args.batch_size,
-                                 progress=not args.no_progress)
-        except ResumeMismatch as exc:
-            print(f"error: cannot resume: {exc}", file=sys.stderr)
-            return 2
+    scorer = Scorer(config)
+    try:
+        summary = score_file(scorer, input_path, output, resume=args.resume, batch_size=args.batch_size,
+                             progress=not args.no_progress)
+    except ResumeMismatch as exc:
+        print(f"error: cannot resume: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up below
+        raise
+    finally:
+        scorer.close()
     print(summary.table())
     print(f"wrote {output}")
     return 0
@@ -132,7 +138,11 @@ def _optional_commands() -> dict[str, Callable[[argparse.ArgumentParser], None]]
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; `score` output ends at a whole record
+        print("interrupted; rerun with --resume" if args.command == "score" else "interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

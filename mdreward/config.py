@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,7 +33,7 @@ class ConfigError(ValueError):
     """The configuration file or flags are invalid; the message names the file, the section and the key."""
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed file: JSON for ``.json``, TOML otherwise. Every failure is a one-line ``ConfigError``."""
     file = Path(path)
     try:
@@ -94,7 +95,7 @@ def _merge_domain_options(into: dict[str, Any], extra: Mapping[str, Any]) -> Non
             into[key] = value
 
 
-def load_config(path: str | Path | None = None, *, think_in_prompt: bool | None = None,
+def load_config(path: str | os.PathLike[str] | None = None, *, think_in_prompt: bool | None = None,
                 judge_url: str | None = None, judge_model: str | None = None,
                 domain_options: Mapping[str, Mapping[str, Any]] | None = None) -> ScoringConfig:
     """Build a ScoringConfig from the file at ``path`` (TOML, or JSON for ``.json``), then the flags.

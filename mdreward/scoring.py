@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from .records import RecordError, sample_from_record
+from .records import RecordError, sample_from_record, valid_unicode
 from .registry import Domain, DomainSpec, DomainUnavailable, Registry, UnknownName, build_domain, load_domains
 from .runtime import LoopThread
 from .timeouts import DEFAULT_TIMEOUTS, Timeouts
@@ -53,7 +53,7 @@ class Scorer:
         self.config = config or ScoringConfig()
         self.registry = registry or load_domains(self.config.autoload_plugins)
         self._domains: dict[str, Domain | DomainUnavailable] = {}
-        self._loop = LoopThread()
+        self._loop = LoopThread(shutdown_s=self.config.timeouts.shutdown_s)
         self.domain_wall_s: dict[str, float] = {}
 
     # ---- public API -------------------------------------------------------------------------
@@ -98,7 +98,7 @@ class Scorer:
         groups: dict[str, list[tuple[int, Sample]]] = {}
         for i, item in enumerate(items):
             try:
-                sample = item if isinstance(item, Sample) else sample_from_record(item)
+                sample = valid_unicode(item if isinstance(item, Sample) else sample_from_record(item))
                 key = self.registry.resolve(sample.domain)
                 self._check_fields(self.registry.get(key), sample)
             except (RecordError, UnknownName) as exc:

@@ -126,3 +126,21 @@ def test_a_plugin_domain_that_needs_a_judge_gets_the_judge_flags() -> None:
         graded, plain = scorer.score_batch([Sample("graded", "r"), Sample("acme.plain", "r")])
     assert graded.components["judge_model"] == "plugin-judge", graded
     assert plain.status.value == "error" and "needs a judge" in (plain.error or "")
+
+
+def test_a_wrong_domain_option_names_itself_in_every_record_of_that_domain() -> None:
+    config = load_config(domain_options={"math": {"wokers": 2}})
+    with Scorer(config) as scorer:
+        wrong, other = scorer.score_batch([Sample("math", "<think>t</think> \\boxed{1}", reference="1"),
+                                           {"domain": "nope", "response": "r"}])
+    assert wrong.status.value == "error" and wrong.reward is None
+    assert "wokers" in (wrong.error or "") and "unavailable" in (wrong.error or "")
+    assert other.status.value == "error"
+
+
+def test_serve_reads_the_config_with_the_same_loader(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[judge]\nurl = "http://h/v1"\nmodel = "m"\nconcurency = 4\n')
+    result = mdreward("serve", "--config", str(config), "--port", "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "unknown key(s) ['concurency']" in result.stderr and len(result.stderr.strip().splitlines()) == 1
