@@ -292,11 +292,12 @@ def strict_json(text: str):
 
 def test_replies_are_strict_json_even_when_the_request_held_nan(base):
     body = ('{"records": [{"id": "n", "domain": "math", "response": "<think>a</think> \\\\boxed{1}", '
-            '"reference": "1", "metadata": {"weight": NaN, "hi": Infinity, "lo": -Infinity}}]}')
+            '"reference": "1", "metadata": {"weight": NaN, "hi": Infinity, "lo": -Infinity, "s": "\\ud800"}}]}')
     reply = httpx.post(f"{base}/score", content=body.encode(), headers={"Content-Type": "application/json"})
     assert reply.status_code == 200
     result = strict_json(reply.text)["results"][0]
-    assert result["reward"] == MATH["correct"] and result["metadata"] == {"weight": None, "hi": None, "lo": None}
+    assert result["reward"] == MATH["correct"]
+    assert result["metadata"] == {"weight": None, "hi": None, "lo": None, "s": "\ufffd"}  # a lone surrogate has no UTF-8
 
 
 def test_a_refused_oversized_response_is_not_echoed(scorer):

@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..records import RecordError, sample_from_record, scored_record
+from ..records import RecordError, json_line, sample_from_record, scored_record
 from ..registry import UnknownName
 from ..scoring import Scorer, ScoringConfig
 from ..types import Sample, Score, Status
@@ -78,21 +78,10 @@ class HTTPError(Exception):
         self.status, self.message, self.headers = status, message, dict(headers or {})
 
 
-def strict_json_value(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, ±Infinity: not JSON) replaced by ``None``."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): strict_json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json_value(v) for v in value]
-    return value
-
-
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    """Strict JSON (RFC 8259): non-finite numbers become ``null``, odd component values their text."""
-    text = json.dumps(strict_json_value(body), ensure_ascii=False, default=str, allow_nan=False)
-    return Response(text, status_code=status, media_type="application/json", headers=dict(headers or {}))
+    """Strict JSON in valid UTF-8 (``records.json_line``): NaN and infinities become ``null``, lone
+    surrogates U+FFFD, odd component values their text."""
+    return Response(json_line(body), status_code=status, media_type="application/json", headers=dict(headers or {}))
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
