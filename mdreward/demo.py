@@ -90,7 +90,7 @@ class ChoiceJudge(TransformersJudge):
         # newer transformers name the cache argument ``cache`` (``past_key_values`` is deprecated there)
         cache_arg = "cache" if "cache" in inspect.signature(self._model.forward).parameters else "past_key_values"
         prompt = self._model(torch.tensor([prompt_ids], device=device), use_cache=True)
-        cached = prompt["cache"] if "cache" in prompt else prompt.past_key_values
+        cached = prompt["cache"] if "cache" in prompt else prompt.past_key_values  # noqa: SIM401 - lazy: the old name warns
         first = torch.log_softmax(prompt.logits[0, -1].float(), dim=-1)
         scores = []
         for ids in choices:
