@@ -40,6 +40,7 @@ class FaultPlan:
     calls: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    rejected: int = 0             # calls answered 400 because a prompt was over the context
     bodies: list[dict] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
 
@@ -48,6 +49,11 @@ class FaultPlan:
             setattr(self, attribute, getattr(self, attribute) - 1)
             return True
         return False
+
+
+class ContextOverflow(Exception):
+    """Raised by a script for a prompt over the model's context: the server answers HTTP 400, as vLLM does
+    (for a batched call, the whole call fails)."""
 
 
 class ScriptedEngine:
@@ -142,7 +148,11 @@ def make_app(engine: Any, faults: FaultPlan, model: str) -> Starlette:
                                     status_code=faults.fail_status, headers=headers)
             if faults.take("garbage_next"):
                 return Response("<html>502 upstream garbage {{{", media_type="application/json")
-            return JSONResponse(await handler(body))
+            try:
+                return JSONResponse(await handler(body))
+            except ContextOverflow as exc:
+                faults.rejected += 1
+                return JSONResponse({"error": {"message": str(exc), "type": "BadRequestError"}}, status_code=400)
         finally:
             faults.in_flight -= 1
 
