@@ -76,3 +76,33 @@ def test_every_judged_domain_runs_on_the_tiny_model(judge):
     # WritingBench: gibberish is not JSON: retried, then unscored.
     assert bench.status is Status.ERROR and "no valid critic JSON after 2 attempt(s)" in bench.error
     assert fast.reward == 1.0 and fast.components["method"] == "identical"
+
+
+async def test_a_wall_clock_stop_is_a_failure_not_a_truncated_answer(judge):
+    """``max_time`` stops generation early: that is the judge running out of time (unscored), never
+    ``length`` (which the domains read as the answer's own doing)."""
+    from mdreward.judges.base import JudgeFailure
+    from mdreward.judges.transformers_backend import TransformersJudge
+    from mdreward.timeouts import Timeouts
+
+    hurried = TransformersJudge(judge._model, judge._tokenizer, name="hurried", max_batch=4, num_threads=1,
+                                timeouts=Timeouts(judge_request_s=1e-9))
+    prompts = ["The quick brown fox", "Final Decision", "Rain falls", "verify if the student"]
+    replies = await hurried.generate([JudgeRequest.completion(p, max_tokens=200) for p in prompts])
+    for reply in replies:
+        if isinstance(reply, JudgeReply):
+            assert reply.finish_reason == "stop", reply  # only an end-of-sequence may stop it this early
+    assert any(isinstance(r, JudgeFailure) and "out of time" in r.error for r in replies)
+
+
+async def test_one_request_over_the_context_fails_alone(judge):
+    from mdreward.judges.base import JudgeFailure
+    from mdreward.judges.transformers_backend import TransformersJudge
+
+    small = TransformersJudge(judge._model, judge._tokenizer, name="small", max_batch=4, num_threads=1,
+                              max_prompt_tokens=64, timeouts=judge.timeouts)
+    replies = await small.generate([JudgeRequest.completion("Final Decision", max_tokens=3),
+                                    JudgeRequest.completion("rain " * 200, max_tokens=3),
+                                    JudgeRequest.completion("The quick brown fox", max_tokens=3)])
+    assert [type(r) for r in replies] == [JudgeReply, JudgeFailure, JudgeReply]
+    assert small.count_tokens("rain " * 200) > 64
