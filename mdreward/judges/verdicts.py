@@ -43,10 +43,11 @@ _PAIRWISE_TOKEN = re.compile(r"\[\[([ABC])\]\]")
 _TRAILING_DECORATION = " \t\r\n*_`.!\"'"
 
 
-def pairwise_verdict(reply: JudgeReply) -> Verdict:
+def pairwise_verdict(reply: JudgeReply, nonce: str | None = None) -> Verdict:
     """The pairwise judge's verdict: ``[[A]]``, ``[[B]]`` or ``[[C]]`` at the very end of its output
     (trailing whitespace, markdown emphasis and a full stop allowed); another verdict token on that
-    last line makes it ambiguous."""
+    last line makes it ambiguous. With ``nonce``, the last line must also carry the request's nonce
+    (``Verdict <nonce>: [[A]]``): a token copied from the texts has none."""
     if reply.truncated:
         return Verdict(None, "judge output was truncated (token or time limit)")
     tail = reply.text.rstrip(_TRAILING_DECORATION)
@@ -57,6 +58,8 @@ def pairwise_verdict(reply: JudgeReply) -> Verdict:
     tokens = set(_PAIRWISE_TOKEN.findall(last_line))
     if len(tokens) > 1:
         return Verdict(None, f"judge's last line names several verdicts {sorted(tokens)}")
+    if nonce is not None and nonce not in last_line:
+        return Verdict(None, "the verdict line does not carry the request's nonce")
     return Verdict(match.group(1))
 
 
