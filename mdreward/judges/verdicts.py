@@ -66,9 +66,10 @@ def pairwise_verdict(reply: JudgeReply, nonce: str | None = None) -> Verdict:
 _FENCED = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
 
 
-def critic_json(reply: JudgeReply, low: int = 1, high: int = 10) -> Verdict:
+def critic_json(reply: JudgeReply, low: int = 1, high: int = 10, nonce: str | None = None) -> Verdict:
     """A WritingBench critic answer: exactly one JSON object ``{"score": int in [low, high], "reason": str}``,
-    optionally inside one ```json fence. Parsed with ``json.loads`` only (never ``eval``)."""
+    optionally inside one ```json fence. Parsed with ``json.loads`` only (never ``eval``). With ``nonce``,
+    the object must also carry ``"nonce": <nonce>``."""
     if reply.truncated:
         return Verdict(None, "critic output was truncated (token or time limit)")
     body = reply.text.strip()
@@ -87,4 +88,6 @@ def critic_json(reply: JudgeReply, low: int = 1, high: int = 10) -> Verdict:
         return Verdict(None, f"critic score {score!r} is not an integer in [{low}, {high}]")
     if not isinstance(reason, str):
         return Verdict(None, "critic JSON has no string 'reason'")
+    if nonce is not None and data.get("nonce") != nonce:
+        return Verdict(None, "critic JSON does not carry the request's nonce")
     return Verdict({"score": int(score), "reason": reason})
