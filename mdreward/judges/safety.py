@@ -158,19 +158,22 @@ def critic_fence(text: str) -> str:
 
 
 #: Phrases that address the judge or ask for a verdict: an answer or a story has no reason to say them.
+_JUDGE = r"(?:judge|grader|evaluator|verifier|critic|reviewer|assessor|rater|annotator)s?"
 _INJECTION_PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
     r"\b(?:ignore|disregard|forget|override)\b.{0,30}\b(?:instructions?|rules|prompt|criteria|guidelines)\b",
-    r"\b(?:note|message|instructions?|attention)\s+(?:to|for)\s+(?:the\s+)?(?:judge|grader|evaluator|verifier|critic"
-    r"|reviewer|assessor|ai|model|assistant|llm)\b",
-    r"\b(?:dear|hey|attention|as\s+the)\s+(?:judge|grader|evaluator|verifier|critic|reviewer|assessor)\b",
-    r"\b(?:judge|grader|evaluator|verifier|critic|reviewer|assessor)s?\b.{0,40}\b(?:must|should|shall|will|are\s+to"
-    r"|need\s+to|have\s+to)\b",
+    r"\b(?:note|message|instructions?|attention)\s+(?:to|for)\s+(?:the\s+)?(?:" + _JUDGE + r"|ai|model|assistant|llm)\b",
+    r"\b(?:dear|hey|attention|as\s+the)\s+" + _JUDGE + r"\b",
+    r"\b" + _JUDGE + r"\s*[:,]",                                  # a judge addressed by name: "Grader: ..."
+    r",\s*" + _JUDGE + r"\s*[.!]",                                 # ... or at the end: "..., evaluator."
+    r"\b" + _JUDGE + r"\b.{0,40}\b(?:must|should|shall|will|are\s+to|need\s+to|have\s+to)\b",
+    r"\byou\s+(?:should|must|shall|will|need\s+to|have\s+to|are\s+to|ought\s+to)\s+(?:prefer|pick|choose|select|rate"
+    r"|mark|score|grade|give|accept|output|answer|say|declare)\s+(?:this|it|me|my|yes|the\s+(?:first|second))\b",
     r"\b(?:mark|grade|judge|rate|score|consider|treat|count|label|declare|deem|evaluate|accept|assess)\s+(?:this|the|my"
     r"|it|me)\b.{0,40}\b(?:correct|right|true|valid|better|best|winner|superior|preferred|perfect|excellent"
     r"|full\s+marks|yes|10|ten)\b",
     r"\b(?:this|the\s+following|the\s+present|my|our)\s+(?:text|answer|response|essay|story|submission|note|reply"
-    r"|one|output|poem|piece)\b.{0,60}\b(?:is|should\s+be|must\s+be|deserves)\s+(?:(?:the|a|an)\s+)?(?:clearly\s+)?"
-    r"(?:better|best|correct|winner|superior|preferred|perfect|flawless|10|ten)\b",
+    r"|one|output|poem|piece)\b.{0,60}\b(?:is|should\s+be|must\s+be|deserves)\s+(?:(?:the|a|an|clearly|obviously"
+    r"|definitely|certainly)\s+)*(?:better|best|correct|winner|superior|preferred|perfect|flawless|10|ten)\b",
     r"\b(?:the\s+)?text\s+(?:containing|with|that\s+contains|that\s+has)\s+this\s+(?:note|message|line|sentence)\b",
     r"\b(?:give|assign|award|grant)\s+(?:it|this|me|the\s+response|this\s+response|this\s+answer)?\s*(?:an?\s+)?"
     r"(?:score|rating|grade|mark)?\s*(?:of\s+)?(?:10|ten|full|maximum|max|perfect|top)\b",
