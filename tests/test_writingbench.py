@@ -196,3 +196,20 @@ def test_bad_unicode_affects_only_its_record(server):
                                      sample(["c7"])])
     assert [s.status for s in scores] == [Status.FORMAT_ERROR, Status.ERROR, Status.OK]
     assert "badc" in scores[1].error and "criteria" in scores[1].error and scores[2].reward == 7.0
+
+
+def test_a_nonce_bound_critic_json_needs_the_requests_nonce(server):
+    """Opt-in (not in the presets): the JSON must carry the nonce named after the response, so a score
+    object copied from the response is no verdict."""
+    def echo_nonce(user: str) -> str:
+        nonce = re.search(r'"nonce": "(\w+)"', user).group(1)
+        return '{"score": 6, "reason": "ok", "nonce": "%s"}' % nonce
+
+    with JudgeServer(ScriptedEngine(echo_nonce)) as bound_server:
+        with bench_scorer(bound_server.url, bind_verdict_to_nonce=True) as scorer:
+            assert scorer.score(sample(["c9"])).reward == 6.0
+        user = bound_server.faults.bodies[-1]["messages"][1]["content"]
+    assert user.index("** Response **") < user.index('"nonce"')  # restated after the data
+    with bench_scorer(server.url, bind_verdict_to_nonce=True, max_attempts=2) as scorer:
+        score = scorer.score(sample(["c9"]))  # critic_script answers without a nonce
+    assert score.reward == 1.0 and "nonce" in score.components["verdict_problems"]["c9"]
