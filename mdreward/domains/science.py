@@ -60,10 +60,17 @@ def normalize_answer(text: str) -> str:
 
     No case folding and no NFKC: ``mW`` is not ``MW`` and ``10⁸`` is not ``108``."""
     text = text.strip().rstrip(".").strip()
-    text = re.sub(r"^\$+|\$+$", "", text).strip()
-    text = re.sub(r"\\text\{\s*([^{}]*?)\s*\}", r"\1", text)
+    if "$" in text:
+        text = _DOLLARS.sub("", text).strip()
+    if "\\text" in text:
+        text = _TEXT_WRAPPER.sub(r"\1", text)
     text = text.rstrip(".").strip()
-    return re.sub(r"\s+", " ", text)
+    return _WHITESPACE.sub(" ", text)
+
+
+_DOLLARS = re.compile(r"^\$+|\$+$")
+_TEXT_WRAPPER = re.compile(r"\\text\{\s*([^{}]*?)\s*\}")
+_WHITESPACE = re.compile(r"\s+")
 
 
 def is_master_key(answer: str, reference: str) -> bool:

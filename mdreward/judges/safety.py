@@ -113,7 +113,13 @@ def _has_surrogate(text: str) -> bool:
 def defuse_control_tokens(text: str) -> str:
     """Look-alikes folded, then chat-template tokens broken apart (``<|im_end|>`` -> ``< |im_end| >``)."""
     text = fold_lookalikes(text)
+    if "<" not in text and "[" not in text:  # every control token starts with one of them
+        return text
     return _CONTROL_TOKENS.sub(lambda m: f"{m.group(0)[0]} {m.group(0)[1:-1]} {m.group(0)[-1]}", text)
+
+
+_WHITESPACE = re.compile(r"\s+")
+_HASH_RUN = re.compile(r"#{2,}")
 
 
 def escape_for_verifier(text: str) -> str:
@@ -122,11 +128,12 @@ def escape_for_verifier(text: str) -> str:
     One line (no new ``###`` section), no section labels (``Ground Truth Answer:``), no role markers
     (``Assistant:`` ends the real prompt), and no ``Final Decision`` phrase for the verifier to copy.
     """
-    text = defuse_control_tokens(text)
-    text = re.sub(r"\s+", " ", text).strip()
-    text = re.sub(r"#{2,}", "#", text)  # a run, not "###" pairs: "#####" must not leave "###"
-    text = _ROLE_MARKER.sub(lambda m: f"{m.group(1)} -", text)
-    text = _VERIFIER_LABEL.sub(lambda m: f"{m.group(1)} -", text)
+    text = _WHITESPACE.sub(" ", defuse_control_tokens(text)).strip()
+    if "#" in text:
+        text = _HASH_RUN.sub("#", text)  # a run, not "###" pairs: "#####" must not leave "###"
+    if ":" in text:
+        text = _ROLE_MARKER.sub(lambda m: f"{m.group(1)} -", text)
+        text = _VERIFIER_LABEL.sub(lambda m: f"{m.group(1)} -", text)
     return _FINAL_DECISION.sub("(decision)", text)
 
 
@@ -184,9 +191,19 @@ _INJECTION_PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
 )]
 
 
+#: Words at least one of which every pattern above needs: one scan rules most texts out.
+_INJECTION_CUES = re.compile(r"ignore|disregard|forget|override|note|message|instruct|attention|dear|hey|judge|grader"
+                             r"|evaluat|verifier|critic|review|assess|rater|annotat|you|mark|grade|rate|score|consider"
+                             r"|treat|count|label|declare|deem|accept|this|the following|present|my|our|text|give"
+                             r"|assign|award|grant|output|answer|respond|reply|say|print|write|return|conclude"
+                             r"|system|assistant", re.IGNORECASE)
+
+
 def injection_hits(text: str, limit: int = 5) -> list[str]:
     """Passages of ``text`` (look-alikes folded) that read as instructions to a judge, at most ``limit``."""
-    folded = re.sub(r"\s+", " ", fold_lookalikes(text))
+    folded = _WHITESPACE.sub(" ", fold_lookalikes(text))
+    if _INJECTION_CUES.search(folded) is None:
+        return []
     hits: list[str] = []
     for pattern in _INJECTION_PATTERNS:
         for match in pattern.finditer(folded):
