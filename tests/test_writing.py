@@ -184,3 +184,11 @@ def test_needs_a_judge():
     with pytest.raises(ValueError, match="text_b"):
         WritingDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS, judge={"url": "http://x/v1", "model": "m"},
                       user_template="{instruction} {text_a}")
+
+
+@pytest.mark.parametrize("data_source", ["creative__writing__rl", "Creative__Writing__WritingPrompts", "writing_v2",
+                                         "CREATIVE_WRITING"])
+def test_verl_routes_the_authors_writing_data_sources(data_source):
+    from mdreward.integrations.verl import DEFAULT_TABLE
+
+    assert DEFAULT_TABLE.domain_for(data_source) == "writing"
