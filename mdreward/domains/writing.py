@@ -3,9 +3,10 @@
 The text after ``</think>`` is the response; the reference is cut at its own first ``</think>``
 as the CGPO authors do. The judge sees both texts in both orders (position bias), between markers
 tagged with a nonce the response cannot predict; each answer must end with the line
-``Verdict <nonce>: [[A]]`` (first better), ``[[B]]`` (second better) or ``[[C]]`` (tie). Orders are
-combined as "tie on any disagreement" (default) or as the mean of the two orders' rewards. Reward:
-better 1.0, tie 0.25, worse -0.5, invalid format -1.0.
+``Verdict <nonce>: [[A]]`` (first better), ``[[B]]`` (second better) or ``[[C]]`` (tie). The reward
+is the mean of the two orders' rewards (default: the expected reward of the authors' single random
+order, with less variance), or ``order_combination="tie_on_disagreement"``. Table: better 1.0,
+tie 0.25, worse -0.5, invalid format -1.0.
 
 A judge that cannot be reached leaves the record unscored. A judge that answers, but without a
 verdict (after ``max_attempts``), gives that order the response's worst verdict: nothing a response
@@ -75,7 +76,7 @@ class WritingDomain:
                  judge: JudgeClient | Mapping[str, Any] | None = None, system_prompt: str = SYSTEM_PROMPT,
                  user_template: str = USER_TEMPLATE, max_judge_tokens: int = 1024,
                  judge_context_tokens: int = 32_768, temperature: float = 0.0, max_attempts: int = 2,
-                 order_combination: str = "tie_on_disagreement", injection: str = "penalize",
+                 order_combination: str = "mean", injection: str = "penalize",
                  nonce_key: bytes | None = None) -> None:
         if judge is None:
             raise DomainUnavailable("writing needs a judge model (--judge-url/--judge-model, or a 'judge' option)")
@@ -214,7 +215,8 @@ class WritingDomain:
 spec = DomainSpec(
     name="writing",
     factory=WritingDomain,
-    description="Pairwise LLM judge against the reference, both orders (flip = tie): better 1.0, tie 0.25, worse -0.5.",
+    description="Pairwise LLM judge against the reference, both orders, mean of the two: better 1.0, tie 0.25, "
+                "worse -0.5.",
     table=TABLE,
     required_fields=("response", "reference"),
     example=Sample(domain="writing", response="<think>A haiku about rain.</think>\nSoft rain on the roof;\n"
