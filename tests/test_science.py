@@ -178,7 +178,8 @@ async def test_rule_only_rewards_are_always_in_the_table(answer, reference):
 
 
 # ---- issue 16: the fast path decides only what is certainly the same answer ------------------------
-NOT_CERTAIN = [("5 mW", "5 MW"), ("Co", "CO"), ("co", "CO"), ("CO", "Co"), ("mev", "MeV"), ("3 × 108 m/s", "3 × 10⁸ m/s"),
+NOT_CERTAIN = [("5 mW", "5 MW"), ("Co", "CO"), ("co", "CO"), ("CO", "Co"), ("mev", "MeV"), ("3 × 108 m/s",
+"3 × 10⁸ m/s"),
                ("23", "2, 3"), ("25", "2,5"), ("0, 1", "1"), ("1 000", "1000"), ("2,000", "2000"), ("H", "h"),
                ("Ｍg", "Mg"), ("10^8", "10⁸"), ("x²", "x2")]
 
@@ -218,7 +219,7 @@ def test_one_records_bad_input_affects_only_that_record(scorer):
     assert len(huge) > 4_300
     scores = scorer.score_batch([
         sample("<answer>Nitrogen</answer>"),
-        sample(f"<answer>{huge}</answer>", huge[:-1] + str((int(huge[-1]) + 1) % 10)),   # Fraction refuses > 4,300 digits
+        sample(f"<answer>{huge}</answer>", huge[:-1] + str((int(huge[-1]) + 1) % 10)),  # Fraction: > 4,300 digits
         sample(f"<answer>{huge}</answer>", "7"),
         sample("<answer>Nitrogen \ud800</answer>"),          # a lone surrogate in the response: garbled
         Sample("science", "<think>t</think><answer>Nitrogen</answer>", reference="Nitro\udfffgen", id="bad-ref"),

@@ -245,6 +245,7 @@ class ScienceDomain:
         policy's tokenizer, so a shorter answer is penalised too."""
         if self.length_penalty_variant == "code":
             tokenizer = self.policy_tokenizer
+            assert tokenizer is not None  # required by the constructor for this variant
             excess = abs(len(tokenizer.encode(answer)) - len(tokenizer.encode(reference)))
         else:
             excess = max(len(answer) - len(reference), 0)

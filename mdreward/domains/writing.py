@@ -82,7 +82,8 @@ class WritingDomain:
             raise DomainUnavailable("writing needs a judge model (--judge-url/--judge-model, or a 'judge' option)")
         require_placeholders(user_template, _FIELDS, "writing user_template")
         if order_combination not in ORDER_COMBINATIONS:
-            raise ValueError(f"writing order_combination must be one of {ORDER_COMBINATIONS}, got {order_combination!r}")
+            raise ValueError(f"writing order_combination must be one of {ORDER_COMBINATIONS}, "
+                             f"got {order_combination!r}")
         if max_attempts < 1:
             raise ValueError("writing max_attempts must be >= 1")
         self.table = table
@@ -191,10 +192,11 @@ class WritingDomain:
         assert isinstance(first_reply, JudgeReply) and isinstance(second_reply, JudgeReply)
         components: dict[str, Any] = {"judge_output_response_first": first_reply.text[-300:],
                                       "judge_output_reference_first": second_reply.text[-300:]}
-        problems = [name for name, verdict in (("response first", first), ("reference first", second)) if verdict is None]
+        orders_named = (("response first", first), ("reference first", second))
+        problems = [name for name, verdict in orders_named if verdict is None]
         if problems:
-            components["verdict_problem"] = (f"no verdict after {self.max_attempts} attempt(s) ({', '.join(problems)}): "
-                                             "counted as the response losing that order")
+            components["verdict_problem"] = (f"no verdict after {self.max_attempts} attempt(s) "
+                                             f"({', '.join(problems)}): counted as the response losing that order")
         # No verdict in an order is the response's loss in that order, never a way out of being judged.
         as_a = _AS_A[first] if first is not None else "worse"
         as_b = _AS_B[second] if second is not None else "worse"

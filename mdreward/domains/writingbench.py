@@ -246,8 +246,9 @@ class WritingBenchDomain:
         text = split.after.strip()
         if not re.search(r"\w", text):
             return Score.format_error(self.table["format_error"], "no text after </think>")
-        if invalid_unicode(text):
-            return Score.format_error(self.table["format_error"], f"garbled text after </think>: {invalid_unicode(text)}")
+        garbled = invalid_unicode(text)
+        if garbled:
+            return Score.format_error(self.table["format_error"], f"garbled text after </think>: {garbled}")
         hits = injection_hits(text) if self.injection != "off" else []
         if hits and self.injection == "penalize":
             return Score.ok(self.table["worst"], format_ok=True, method="injected_instruction", injection_hits=hits,

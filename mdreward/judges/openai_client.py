@@ -257,7 +257,7 @@ class OpenAIJudge:
         prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         used = (prompt_tokens or 0) + (completion_tokens or 0) if usage else None
         single = len(requests) == 1
-        return [JudgeReply(text, finish if isinstance(finish, str) else None,
+        return [JudgeReply(str(text), finish if isinstance(finish, str) else None,
                            prompt_tokens if single else None, completion_tokens if single else None)
                 for text, finish in texts], used
 

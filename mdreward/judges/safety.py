@@ -168,7 +168,8 @@ def critic_fence(text: str) -> str:
 _JUDGE = r"(?:judge|grader|evaluator|verifier|critic|reviewer|assessor|rater|annotator)s?"
 _INJECTION_PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
     r"\b(?:ignore|disregard|forget|override)\b.{0,30}\b(?:instructions?|rules|prompt|criteria|guidelines)\b",
-    r"\b(?:note|message|instructions?|attention)\s+(?:to|for)\s+(?:the\s+)?(?:" + _JUDGE + r"|ai|model|assistant|llm)\b",
+    r"\b(?:note|message|instructions?|attention)\s+(?:to|for)\s+(?:the\s+)?(?:" + _JUDGE
+    + r"|ai|model|assistant|llm)\b",
     r"\b(?:dear|hey|attention|as\s+the)\s+" + _JUDGE + r"\b",
     r"\b" + _JUDGE + r"\s*[:,]",                                  # a judge addressed by name: "Grader: ..."
     r",\s*" + _JUDGE + r"\s*[.!]",                                 # ... or at the end: "..., evaluator."
