@@ -257,3 +257,11 @@ async def test_top_k_and_invalid_unicode_reach_the_server_without_breaking_the_b
     plain = [b for b in scripted.faults.bodies if b.get("prompt") == "fine"]
     assert chat[0]["top_k"] == 20 and "top_k" not in plain[0]
     assert isinstance(results[2], JudgeReply) and results[2].text == "echo:fine"
+
+
+async def test_a_judge_tokenizer_gives_token_counts_to_the_domains(scripted):
+    from judge_support import tiny_model_dir
+
+    judge = client(scripted, tokenizer=tiny_model_dir())
+    assert 0 < judge.count_tokens("Final Decision: Yes") < len("Final Decision: Yes")
+    assert not hasattr(client(scripted), "count_tokens")  # no tokenizer: the domains bound bytes instead

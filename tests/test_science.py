@@ -251,3 +251,29 @@ def test_an_answer_too_long_for_the_verifiers_context_is_wrong_not_unscored():
     assert long_answer.status is Status.OK and long_answer.reward == 0.0
     assert long_answer.components["method"] == "answer_too_long"
     assert fine.status is Status.OK and fine.reward == pytest.approx(0.8)
+
+
+def test_length_penalty_variants_paper_and_code():
+    """paper (default): characters, only the excess over the reference. code (General-Reasoner's worker):
+    abs difference in tokens of the policy's tokenizer, so a shorter answer is penalised too."""
+    from judge_support import tiny_model_dir
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir())
+    paper = ScienceDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS, rule_only=True)
+    code = ScienceDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS, rule_only=True,
+                         length_penalty="code", policy_tokenizer=tiny_model_dir())
+    short, long = "N", "Nitrogen gas, the diatomic one"
+    assert paper.length_penalty(short, "Nitrogen") == 0.0
+    expected = 0.05 * min(abs(len(tokenizer.encode(short)) - len(tokenizer.encode("Nitrogen"))), 10)
+    assert expected > 0 and code.length_penalty(short, "Nitrogen") == pytest.approx(expected)
+    expected_long = 0.05 * min(abs(len(tokenizer.encode(long)) - len(tokenizer.encode("Nitrogen"))), 10)
+    assert code.length_penalty(long, "Nitrogen") == pytest.approx(expected_long) != paper.length_penalty(long, "Nitrogen")
+    with pytest.raises(ValueError, match="policy_tokenizer"):
+        ScienceDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS, rule_only=True, length_penalty="code")
+
+
+def test_the_verifier_gets_the_authors_max_tokens(scorer, server):
+    before = len(server.faults.bodies)
+    scorer.score(sample("<answer>Nitrogen, as N2</answer>"))
+    assert server.faults.bodies[before]["max_tokens"] == 2048

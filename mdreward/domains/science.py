@@ -20,7 +20,7 @@ from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
 from ..extract import FormatViolation, final_answer, garbled_reason, split_think
-from ..judges.base import JudgeClient, JudgeFailure, JudgeReply, JudgeRequest
+from ..judges.base import JudgeClient, JudgeFailure, JudgeReply, JudgeRequest, load_tokenizer
 from ..judges.config import build_judge
 from ..judges.safety import (check_injection_policy, clip_to_budget, escape_for_verifier, injection_hits,
                              invalid_text_field, invalid_unicode, require_placeholders, token_counter)
@@ -262,15 +262,6 @@ class ScienceDomain:
     async def aclose(self) -> None:
         if self._owns_judge and self.judge is not None:
             await self.judge.aclose()
-
-
-def load_tokenizer(tokenizer: Any) -> Any:
-    """A tokenizer object (anything with ``encode``), or one loaded from a path with transformers."""
-    if hasattr(tokenizer, "encode"):
-        return tokenizer
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tokenizer))
 
 
 def _fill(template: str, **fields: str) -> str:

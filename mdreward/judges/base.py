@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
 Endpoint = Literal["completions", "chat"]
 
@@ -85,6 +86,16 @@ class JudgeFailure:
 
 
 JudgeResult = JudgeReply | JudgeFailure
+
+
+def load_tokenizer(tokenizer: Any) -> Any:
+    """A tokenizer object (anything with ``encode``), or one loaded with transformers from a local path
+    (or a hub name where a hub is reachable)."""
+    if not isinstance(tokenizer, (str, os.PathLike)) and hasattr(tokenizer, "encode"):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer))
 
 
 @runtime_checkable

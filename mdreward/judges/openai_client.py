@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from ..runtime import LRUCache
 from ..timeouts import DEFAULT_TIMEOUTS, Timeouts
-from .base import JudgeFailure, JudgeReply, JudgeRequest, JudgeResult
+from .base import JudgeFailure, JudgeReply, JudgeRequest, JudgeResult, load_tokenizer
 from .http_transport import (HTTPStatusFailure, JudgeTransport, MalformedResponse, Unreachable,
                              check_installed, make_transport)
 from .limits import MinuteBudget, backoff_delay
@@ -74,7 +74,7 @@ class OpenAIJudge:
         self._request_budget: MinuteBudget | None = None
         self._token_budget: MinuteBudget | None = None
         self._in_flight: dict[str, asyncio.Future[JudgeResult]] = {}
-        self._tokenizer = _load_tokenizer(tokenizer) if tokenizer is not None else None
+        self._tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else None
         if self._tokenizer is not None:
             self.count_tokens = self._count_tokens  # domains bound their inputs with the judge's own tokenizer
 
@@ -260,15 +260,6 @@ class OpenAIJudge:
         return [JudgeReply(str(text), finish if isinstance(finish, str) else None,
                            prompt_tokens if single else None, completion_tokens if single else None)
                 for text, finish in texts], used
-
-
-def _load_tokenizer(tokenizer: Any) -> Any:
-    """The judge model's tokenizer: an object with ``encode``, or a local path / hub name for transformers."""
-    if hasattr(tokenizer, "encode"):
-        return tokenizer
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tokenizer))
 
 
 def _choices(data: Any, expected: int) -> list[dict]:
