@@ -268,7 +268,7 @@ def test_length_penalty_variants_paper_and_code():
     expected = 0.05 * min(abs(len(tokenizer.encode(short)) - len(tokenizer.encode("Nitrogen"))), 10)
     assert expected > 0 and code.length_penalty(short, "Nitrogen") == pytest.approx(expected)
     expected_long = 0.05 * min(abs(len(tokenizer.encode(long)) - len(tokenizer.encode("Nitrogen"))), 10)
-    assert code.length_penalty(long, "Nitrogen") == pytest.approx(expected_long) != paper.length_penalty(long, "Nitrogen")
+    assert code.length_penalty(long, "Nitrogen") == pytest.approx(expected_long)
     with pytest.raises(ValueError, match="policy_tokenizer"):
         ScienceDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS, rule_only=True, length_penalty="code")
 
