@@ -3,9 +3,10 @@
 A record carries its query in ``prompt`` and its criteria in ``metadata["criteria"]`` (the
 benchmark's ``criteria``/``checklist`` list: dicts with ``name``, ``criteria_description`` and the
 score bands, or plain strings). Each criterion gets one chat request with the WritingBench critic
-prompt; the critic must answer the JSON ``{"score": 1-10, "reason": ...}``, parsed strictly with
-``json.loads``. An unparseable answer is asked again (new seed) up to ``max_attempts`` times, then
-the record is unscored. The reward is the mean criterion score (the benchmark reports it x10).
+prompt of the chosen preset; the critic must answer the JSON ``{"score": 1-10, "reason": ...}``,
+parsed strictly with ``json.loads``. An unparseable answer is asked again (new seed) up to
+``max_attempts`` times, then that criterion gets the lowest score (a response must not be able to
+make its record unscored). The reward is the mean criterion score (the benchmark reports it x10).
 """
 from __future__ import annotations
 

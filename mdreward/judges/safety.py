@@ -226,13 +226,6 @@ def utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def clip(text: str, max_chars: int) -> tuple[str, bool]:
-    """At most ``max_chars`` characters, and whether text was cut."""
-    if len(text) <= max_chars:
-        return text, False
-    return text[:max_chars] + " [... truncated]", True
-
-
 def clip_to_budget(text: str, budget: int, count) -> tuple[str, bool]:
     """The longest prefix of ``text`` whose ``count`` is at most ``budget`` (binary search), and whether cut."""
     if count(text) <= budget:
