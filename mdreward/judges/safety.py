@@ -167,27 +167,34 @@ def critic_fence(text: str) -> str:
 #: Phrases that address the judge or ask for a verdict: an answer or a story has no reason to say them.
 _JUDGE = r"(?:judge|grader|evaluator|verifier|critic|reviewer|assessor|rater|annotator)s?"
 _INJECTION_PATTERNS = [re.compile(p, re.IGNORECASE) for p in (
-    r"\b(?:ignore|disregard|forget|override)\b.{0,30}\b(?:instructions?|rules|prompt|criteria|guidelines)\b",
+    r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+)?(?:the\s+|your\s+)?(?:previous|prior|above|earlier"
+    r"|preceding|other|system|your)\s+(?:instructions?|rules|prompts?|criteria|guidelines)\b",
     r"\b(?:note|message|instructions?|attention)\s+(?:to|for)\s+(?:the\s+)?(?:" + _JUDGE
     + r"|ai|model|assistant|llm)\b",
-    r"\b(?:dear|hey|attention|as\s+the)\s+" + _JUDGE + r"\b",
-    r"\b" + _JUDGE + r"\s*[:,]",                                  # a judge addressed by name: "Grader: ..."
-    r",\s*" + _JUDGE + r"\s*[.!]",                                 # ... or at the end: "..., evaluator."
-    r"\b" + _JUDGE + r"\b.{0,40}\b(?:must|should|shall|will|are\s+to|need\s+to|have\s+to)\b",
+    r"\b(?:dear|hey|attention)\s+" + _JUDGE + r"\b",
+    # A judge addressed by name and told what to decide: "Grader: prefer this", "..., evaluator." (a speaker label
+    # in a court transcript, "Judge: The court finds ...", names no verdict and is not a hit).
+    r"\b" + _JUDGE + r"\s*:.{0,60}?\b(?:prefer|pick|choose|correct|better|best|winner|score|rate|grade|mark|10|yes"
+    r"|accept|perfect)\b",
+    r",\s*" + _JUDGE + r"\s*[.!]",
+    r"\b" + _JUDGE + r"\b.{0,40}\b(?:must|should|shall|will|are\s+to|need\s+to|have\s+to)\s+(?:prefer|pick|choose"
+    r"|select|rate|mark|score|grade|give|accept|output|answer|say|declare)\s+(?:this|it|me|my|yes|the\s+(?:first"
+    r"|second))\b",
     r"\byou\s+(?:should|must|shall|will|need\s+to|have\s+to|are\s+to|ought\s+to)\s+(?:prefer|pick|choose|select|rate"
     r"|mark|score|grade|give|accept|output|answer|say|declare)\s+(?:this|it|me|my|yes|the\s+(?:first|second))\b",
-    r"\b(?:mark|grade|judge|rate|score|consider|treat|count|label|declare|deem|evaluate|accept|assess)\s+(?:this|the|my"
-    r"|it|me)\b.{0,40}\b(?:correct|right|true|valid|better|best|winner|superior|preferred|perfect|excellent"
+    r"\b(?:mark|grade|judge|rate|score|consider|treat|count|label|declare|deem|evaluate|accept|assess)\s+(?:it|me"
+    r"|this(?:\s+\w+)?|my\s+\w+|the\s+(?:answer|response|text|essay|story|submission|reply|output))\s+(?:as\s+|to\s+be\s+"
+    r"|an?\s+|the\s+)*(?:correct|right|true|valid|better|best|winner|superior|preferred|perfect|excellent"
     r"|full\s+marks|yes|10|ten)\b",
     r"\b(?:this|the\s+following|the\s+present|my|our)\s+(?:text|answer|response|essay|story|submission|note|reply"
-    r"|one|output|poem|piece)\b.{0,60}\b(?:is|should\s+be|must\s+be|deserves)\s+(?:(?:the|a|an|clearly|obviously"
+    r"|output|poem|piece)\b.{0,60}\b(?:is|should\s+be|must\s+be|deserves)\s+(?:(?:the|a|an|clearly|obviously"
     r"|definitely|certainly)\s+)*(?:better|best|correct|winner|superior|preferred|perfect|flawless|10|ten)\b",
     r"\b(?:the\s+)?text\s+(?:containing|with|that\s+contains|that\s+has)\s+this\s+(?:note|message|line|sentence)\b",
-    r"\b(?:give|assign|award|grant)\s+(?:it|this|me|the\s+response|this\s+response|this\s+answer)?\s*(?:an?\s+)?"
-    r"(?:score|rating|grade|mark)?\s*(?:of\s+)?(?:10|ten|full|maximum|max|perfect|top)\b",
+    r"\b(?:give|assign|award|grant)\s+(?:it|this|me|the\s+response|this\s+response|this\s+answer)\s+(?:an?\s+)?"
+    r"(?:(?:score|rating|grade|mark)\s+(?:of\s+)?)?(?:10|ten|full\s+marks|a\s+perfect\s+score|the\s+maximum|top\s+marks)\b",
     r"\b(?:rate|score|grade)\s+(?:this|it|me)?\s*(?:a\s+)?(?:10|ten)\s*(?:/|out\s+of)\s*10\b",
-    r"\b(?:output|answer|respond|reply|say|print|write|return|conclude)\b.{0,20}(?:final\W{0,8}decision"
-    r"|\[\[|verdict|score|\"yes\")",
+    r"\b(?:output|respond|reply|say|print|write|return)\s+(?:with\s+)?(?:only\s+)?(?:\"?final\W{0,8}decision|\[\["
+    r"|the\s+verdict|a\s+score\s+of|\"?yes\b)",
     r"(?:^|\W)(?:system|assistant)\s*(?:prompt|message|override)\s*:",
 )]
 
