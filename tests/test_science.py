@@ -213,11 +213,14 @@ def test_symbol_only_answers_are_answers(scorer, server, answer, reference):
     assert server.faults.calls == before + 1
 
 
-def test_one_records_bad_input_affects_only_that_record(scorer):
+async def test_one_records_bad_input_affects_only_that_record(server):
+    """At the domain itself (callers other than the Scorer, such as adapters, may pass any text)."""
     rng = random.Random(5)
     huge = "".join(rng.choice("0123456789") for _ in range(5_000))  # not a repeated pattern
     assert len(huge) > 4_300
-    scores = scorer.score_batch([
+    domain = ScienceDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS,
+                           judge={"url": server.url, "model": "v", "max_retries": 1})
+    scores = await domain.score_batch([
         sample("<answer>Nitrogen</answer>"),
         sample(f"<answer>{huge}</answer>", huge[:-1] + str((int(huge[-1]) + 1) % 10)),  # Fraction: > 4,300 digits
         sample(f"<answer>{huge}</answer>", "7"),
@@ -225,6 +228,7 @@ def test_one_records_bad_input_affects_only_that_record(scorer):
         Sample("science", "<think>t</think><answer>Nitrogen</answer>", reference="Nitro\udfffgen", id="bad-ref"),
         sample("<answer>Nitrogen gas</answer>"),
     ])
+    await domain.aclose()
     assert [s.status for s in scores] == [Status.OK, Status.OK, Status.OK, Status.FORMAT_ERROR, Status.ERROR,
                                           Status.OK]
     assert scores[0].reward == 1.0 and scores[5].reward == pytest.approx(0.8)

@@ -149,9 +149,12 @@ def test_a_response_too_long_for_the_judge_is_its_loss_not_unscored():
     assert fine.status is Status.OK
 
 
-def test_bad_unicode_affects_only_its_record(server, scorer):
-    scores = scorer.score_batch([sample("Rain \ud800 on tin."), sample("Rain on tin.", reference="Rain \udfff."),
-                                 sample(REFERENCE + " And more.")])
+async def test_bad_unicode_affects_only_its_record(server):
+    """At the domain itself (callers other than the Scorer, such as adapters, may pass any text)."""
+    domain = WritingDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS, judge={"url": server.url, "model": "j"})
+    scores = await domain.score_batch([sample("Rain \ud800 on tin."), sample("Rain on tin.", reference="Rain \udfff."),
+                                       sample(REFERENCE + " And more.")])
+    await domain.aclose()
     assert [s.status for s in scores] == [Status.FORMAT_ERROR, Status.ERROR, Status.OK]
     assert "reference" in scores[1].error and scores[2].reward == 1.0
 

@@ -188,12 +188,18 @@ def test_a_response_too_long_for_the_critic_gets_the_lowest_score(server):
     assert fine.reward == 9.0 and server.faults.calls == before + 1
 
 
-def test_bad_unicode_affects_only_its_record(server):
-    with bench_scorer(server.url) as scorer:
-        scores = scorer.score_batch([sample(["c7"], response="Fine \ud800 note."),
-                                     Sample("writingbench", "<think>p</think>\nA note.", prompt="Write.", id="badc",
-                                            metadata={"criteria": ["c7 \udfff clarity"]}),
-                                     sample(["c7"])])
+async def test_bad_unicode_affects_only_its_record(server):
+    """At the domain itself (callers other than the Scorer, such as adapters, may pass any text)."""
+    from mdreward.domains.writingbench import WritingBenchDomain
+    from mdreward.types import FormatRules
+
+    domain = WritingBenchDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS,
+                                judge={"url": server.url, "model": "critic"})
+    scores = await domain.score_batch([sample(["c7"], response="Fine \ud800 note."),
+                                       Sample("writingbench", "<think>p</think>\nA note.", prompt="Write.", id="badc",
+                                              metadata={"criteria": ["c7 \udfff clarity"]}),
+                                       sample(["c7"])])
+    await domain.aclose()
     assert [s.status for s in scores] == [Status.FORMAT_ERROR, Status.ERROR, Status.OK]
     assert "badc" in scores[1].error and "criteria" in scores[1].error and scores[2].reward == 7.0
 
