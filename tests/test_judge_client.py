@@ -256,3 +256,40 @@ async def test_real_tiny_model_over_http_matches_in_process_generation():
     assert [r.text for r in over_http] == [r.text for r in local]
     assert all(r.finish_reason in ("stop", "length") for r in over_http)
     assert any(r.text for r in over_http)
+
+
+async def test_one_refused_prompt_in_a_batched_call_fails_alone():
+    """With batch_size > 1, a prompt the server refuses (HTTP 400, over its context) must not take the
+    other prompts of the same call down with it."""
+    from judge_server import ContextOverflow
+
+    def reply(prompt: str) -> str:
+        if "huge" in prompt:
+            raise ContextOverflow("over the context")
+        return "ok:" + prompt
+
+    with JudgeServer(ScriptedEngine(reply)) as server:
+        prompts = [f"p{k}" for k in range(7)] + ["huge"]
+        results = await run(client(server, batch_size=8, max_retries=1),
+                            [JudgeRequest.completion(p, max_tokens=4) for p in prompts])
+    assert [r.text for r in results[:7]] == [f"ok:p{k}" for k in range(7)]
+    assert isinstance(results[7], JudgeFailure) and "400" in results[7].error
+
+
+async def test_top_k_and_invalid_unicode_reach_the_server_without_breaking_the_batch(scripted):
+    requests = [JudgeRequest.chat([("user", "hi")], max_tokens=4, top_k=20),
+                JudgeRequest.completion("broken \ud800 text", max_tokens=4),
+                JudgeRequest.completion("fine", max_tokens=4)]
+    results = await run(client(scripted), requests)
+    chat = [b for b in scripted.faults.bodies if "messages" in b]
+    plain = [b for b in scripted.faults.bodies if b.get("prompt") == "fine"]
+    assert chat[0]["top_k"] == 20 and "top_k" not in plain[0]
+    assert isinstance(results[2], JudgeReply) and results[2].text == "echo:fine"
+
+
+async def test_a_judge_tokenizer_gives_token_counts_to_the_domains(scripted):
+    from judge_support import tiny_model_dir
+
+    judge = client(scripted, tokenizer=tiny_model_dir())
+    assert 0 < judge.count_tokens("Final Decision: Yes") < len("Final Decision: Yes")
+    assert not hasattr(client(scripted), "count_tokens")  # no tokenizer: the domains bound bytes instead

@@ -43,7 +43,7 @@ DEFAULT_RULES: tuple[tuple[str, str], ...] = (
     ("*/mbpp*", "code"), ("leetcode*", "code"),
     ("stem*", "science"), ("gpqa*", "science"), ("*/gpqa*", "science"), ("supergpqa*", "science"),
     ("*/supergpqa*", "science"), ("webinstruct*", "science"),
-    ("writing*", "writing"), ("creative_writing*", "writing"),
+    ("writing*", "writing"), ("creative_writing*", "writing"), ("creative__writing*", "writing"),
 )
 EXPLICIT_PREFIX = "mdreward:"
 

@@ -35,7 +35,8 @@ from ..timeouts import DEFAULT_TIMEOUTS, Timeouts
 from .base import JudgeClient
 
 _OPENAI_KEYS = {"backend", "url", "model", "api_key", "api_key_env", "max_concurrency", "batch_size", "max_retries",
-                "requests_per_minute", "tokens_per_minute", "cache_size", "extra_body", "seed", "transport"}
+                "requests_per_minute", "tokens_per_minute", "cache_size", "extra_body", "seed", "transport",
+                "tokenizer"}
 _TRANSFORMERS_KEYS = {"backend", "model", "gguf_file", "device", "dtype", "max_batch", "max_prompt_tokens",
                       "num_threads"}
 _VLLM_KEYS = {"backend", "model", "engine"}
@@ -82,7 +83,8 @@ def build_judge(spec: JudgeClient | Mapping[str, Any], *, timeouts: Timeouts = D
 
         api_key = spec.get("api_key") or (os.environ.get(spec["api_key_env"]) if spec.get("api_key_env") else None)
         options = {k: spec[k] for k in ("max_concurrency", "batch_size", "max_retries", "requests_per_minute",
-                                        "tokens_per_minute", "cache_size", "extra_body", "seed", "transport") if k in spec}
+                                        "tokens_per_minute", "cache_size", "extra_body", "seed", "transport",
+                                        "tokenizer") if k in spec}
         try:
             return OpenAIJudge(base_url=str(spec["url"]), model=str(spec["model"]), api_key=api_key,
                                timeouts=timeouts, **options)
