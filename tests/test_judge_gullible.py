@@ -134,7 +134,7 @@ def test_a_gullible_judge_gives_no_attack_more_than_it_deserves(domain, mode):
 
 def test_the_honest_judge_scores_every_attack_as_it_deserves():
     """The baseline is real: attacks are wrong (science), worse (writing) and low (writingbench)."""
-    for (domain, mode), attacks in ATTACKS.items():
+    for domain, mode in ATTACKS:
         for attack, honest, _ in outcomes(domain, mode):
             assert honest == {"science": 0.0, "writing": -0.5, "writingbench": 2.0}[domain] or (
                 domain == "writingbench" and honest == 1.0), (domain, attack, honest)

@@ -111,7 +111,7 @@ def test_health_readiness_and_metrics(base):
     after = httpx.get(f"{base}/metrics").text
 
     def value(text: str, line_start: str) -> float:
-        lines = [l for l in text.splitlines() if l.startswith(line_start + " ")]
+        lines = [row for row in text.splitlines() if row.startswith(line_start + " ")]
         return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
 
     assert value(after, 'mdreward_records_total{domain="math",status="ok"}') - \

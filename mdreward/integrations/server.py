@@ -205,7 +205,7 @@ class RewardService:
 
     async def score_records(self, records: Sequence[Any]) -> list[dict[str, Any]]:
         prepared: list[Sample | Score] = []
-        for i, record in enumerate(records):
+        for record in records:
             try:
                 prepared.append(sample_from_record(record))
             except RecordError as exc:
