@@ -19,7 +19,7 @@ EXAMPLE = "rollouts.jsonl"
 
 
 def _example_text() -> str:
-    return resources.files("mdreward").joinpath("examples", EXAMPLE).read_text()
+    return resources.files("mdreward").joinpath("examples").joinpath(EXAMPLE).read_text()
 
 
 def cmd_score(args: argparse.Namespace) -> int:

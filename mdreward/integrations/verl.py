@@ -172,6 +172,11 @@ def _text_field(extra: Mapping[str, Any], *names: str) -> str | None:
     return None
 
 
+def _samples(prepared: Sequence[tuple[str, Sample | Score]]) -> list[Sample]:
+    """The prepared items that still need scoring (the others are already an error ``Score``)."""
+    return [item for _, item in prepared if isinstance(item, Sample)]
+
+
 class VerlReward:
     """Scores verl rollouts with one :class:`Scorer` (call :meth:`close` when done).
 
@@ -189,15 +194,15 @@ class VerlReward:
     def compute_score(self, data_source: str, solution_str: str, ground_truth: Any,
                       extra_info: Mapping[str, Any] | None = None, **_: Any) -> dict[str, Any]:
         prepared = [self.sample(data_source, solution_str, ground_truth, extra_info)]
-        todo = [p for p in prepared if isinstance(p[1], Sample)]
-        return self._finish(prepared, self.scorer.score_batch([sample for _, sample in todo]) if todo else [])[0]
+        todo = _samples(prepared)
+        return self._finish(prepared, self.scorer.score_batch(todo) if todo else [])[0]
 
     def compute_score_batch(self, data_sources: Sequence[str], solution_strs: Sequence[str],
                             ground_truths: Sequence[Any], extra_infos: Sequence[Mapping[str, Any] | None] | None = None,
                             **_: Any) -> list[dict[str, Any]]:
         prepared = self._prepare(data_sources, solution_strs, ground_truths, extra_infos)
-        todo = [p for p in prepared if isinstance(p[1], Sample)]
-        return self._finish(prepared, self.scorer.score_batch([sample for _, sample in todo]) if todo else [])
+        todo = _samples(prepared)
+        return self._finish(prepared, self.scorer.score_batch(todo) if todo else [])
 
     async def acompute_score(self, data_source: str, solution_str: str, ground_truth: Any,
                              extra_info: Mapping[str, Any] | None = None, **_: Any) -> dict[str, Any]:
@@ -208,8 +213,8 @@ class VerlReward:
                                    extra_infos: Sequence[Mapping[str, Any] | None] | None = None,
                                    **_: Any) -> list[dict[str, Any]]:
         prepared = self._prepare(data_sources, solution_strs, ground_truths, extra_infos)
-        todo = [p for p in prepared if isinstance(p[1], Sample)]
-        return self._finish(prepared, await self.scorer.ascore_batch([sample for _, sample in todo]) if todo else [])
+        todo = _samples(prepared)
+        return self._finish(prepared, await self.scorer.ascore_batch(todo) if todo else [])
 
     def close(self) -> None:
         self.scorer.close()

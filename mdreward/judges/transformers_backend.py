@@ -43,7 +43,7 @@ class TransformersJudge:
         torch_dtype = getattr(torch, dtype) if dtype else None
         model = AutoModelForCausalLM.from_pretrained(path, **load, **({"dtype": torch_dtype} if torch_dtype else {}))
         if device:
-            model = model.to(device)
+            model.to(device)  # type: ignore[arg-type]  # transformers types its wrapped .to() wrongly
         model.eval()
         return cls(model, tokenizer, name=path if not gguf_file else f"{path}/{gguf_file}", timeouts=timeouts, **kwargs)
 
