@@ -217,9 +217,9 @@ def _job_key(job: Job) -> Any:
 def _build_sandbox(backend: str, endpoint: str | None, workers: int | None,
                    limits: SandboxLimits | Mapping[str, int] | None,
                    timeouts: Timeouts, concurrency: int) -> Sandbox:
+    if isinstance(limits, Mapping):  # from a JSON/YAML config
+        limits = SandboxLimits(**limits)
     if backend == "local":
-        if isinstance(limits, Mapping):  # from a JSON/YAML config
-            limits = SandboxLimits(**limits)
         try:
             return LocalSandbox(workers=workers, timeouts=timeouts, limits=limits or SandboxLimits()).start()
         except SandboxUnavailable as exc:
@@ -229,7 +229,7 @@ def _build_sandbox(backend: str, endpoint: str | None, workers: int | None,
         if not endpoint:
             raise DomainUnavailable(f"backend 'sandbox_fusion' needs an endpoint (option 'endpoint' or ${FUSION_ENDPOINT_ENV})")
         from ..sandbox.fusion import FusionSandbox
-        return FusionSandbox(endpoint, timeouts=timeouts, concurrency=concurrency)
+        return FusionSandbox(endpoint, timeouts=timeouts, concurrency=concurrency, limits=limits or SandboxLimits())
     raise DomainUnavailable(f"unknown code sandbox backend {backend!r} (use 'local' or 'sandbox_fusion')")
 
 

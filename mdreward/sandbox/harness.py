@@ -873,19 +873,47 @@ def _drain(open_fds: dict) -> None:
             pass
 
 
-def _wipe() -> bool:
-    """Empty the writable directories (whatever modes and depths a candidate left behind);
-    False if something could not be removed."""
+def _mount_points() -> frozenset:
+    """Mount points inside the writable directories and their parents (a Python installed under
+    ``/tmp`` is bound there read-only): the wipe keeps these and empties everything around them."""
+    kept = set()
     try:
-        for directory in WIPE_DIRS:
-            if os.path.isdir(directory):
-                for entry in os.listdir(directory):
-                    _remove(os.path.join(directory, entry))
-                if os.listdir(directory):
-                    return False
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            points = [line.split()[4].replace("\\040", " ") for line in handle if len(line.split()) > 4]
     except OSError:
-        return False
-    return True
+        return frozenset()
+    for point in points:
+        for directory in WIPE_DIRS:
+            if point.startswith(directory + "/"):
+                while point != directory:
+                    kept.add(point)
+                    point = os.path.dirname(point)
+    return frozenset(kept)
+
+
+KEPT_MOUNTS: frozenset = frozenset()
+
+
+def _wipe() -> str | None:
+    """Empty the writable directories (whatever modes and depths a candidate left behind), keeping
+    only ``KEPT_MOUNTS``; what could not be removed, or None."""
+    try:
+        pending = [d for d in WIPE_DIRS if os.path.isdir(d)]
+        while pending:
+            directory = pending.pop()
+            for entry in os.listdir(directory):
+                path = os.path.join(directory, entry)
+                if path in KEPT_MOUNTS:
+                    if not os.path.ismount(path):
+                        pending.append(path)
+                    continue
+                _remove(path)
+            left = [e for e in os.listdir(directory) if os.path.join(directory, e) not in KEPT_MOUNTS]
+            if left:
+                return f"cannot remove {os.path.join(directory, left[0])}"
+    except OSError as exc:
+        return f"cannot wipe: {exc}"
+    return None
 
 
 def _remove(path: str) -> None:
@@ -952,6 +980,8 @@ def serve(uid: int, fork_wait_s: float) -> None:
         os.dup2(null, fd)
     os.close(null)
     os.makedirs(WORK_DIR, mode=0o700, exist_ok=True)
+    global KEPT_MOUNTS
+    KEPT_MOUNTS = _mount_points()
     try:
         runner = Runner(os.getpid() == 1, fork_wait_s)
         _serve_jobs(LineReader(in_fd), out_fd, runner)
@@ -986,8 +1016,10 @@ def _serve_jobs(requests: LineReader, out_fd: int, runner: Runner) -> None:
                 if not json.loads(answer).get("continue"):
                     break
         emit(end)  # the verdict is complete; what is left of the run cannot change it
-        if not (runner.cleanup() and _wipe()):
-            return  # cannot get clean: exit, and the scorer starts a fresh sandbox for the next job
+        problem = "processes survived SIGKILL" if not runner.cleanup() else _wipe()
+        if problem:  # cannot get clean: say why, exit, and the scorer starts a fresh sandbox
+            emit({"ev": "exiting", "reason": problem})
+            return
         runner.prepare_next()
 
 
@@ -1015,7 +1047,3 @@ def run_standalone(fork_wait_s: float) -> None:
     emit(end)
     shutil.rmtree(WORK_DIR, ignore_errors=True)
     os._exit(0)
-
-
-if __name__ == "__main__":  # the local backend: python -c <this file> <uid> <fork wait s>
-    serve(int(sys.argv[1]), float(sys.argv[2]))
