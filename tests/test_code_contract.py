@@ -61,9 +61,22 @@ def test_assert_steps_split_top_level_asserts_and_keep_other_statements():
     assert [(s.is_test, s.source) for s in steps] == [
         (False, "import math"), (True, "assert f(1) == 1"), (False, "x = 2\ny = 3"), (True, "assert f(x) == y")]
     looped = assert_steps("cases = [(1, 1), (2, 4)]\nfor x, y in cases:\n    assert sq(x) == y\ntry:\n    sq('a')\nexcept TypeError:\n    pass\n", "sq")
-    assert [s.is_test for s in looped] == [False, True, False]
+    assert [s.is_test for s in looped] == [False, True, True]  # a call in a try can fail: it is a test
     humaneval = assert_steps("METADATA = {}\n\ndef check(candidate):\n    assert candidate(1) == 2\n", "inc")
     assert [s.is_test for s in humaneval] == [False, True] and humaneval[-1].source == "check(inc)"
+
+
+def test_test_code_runs_as_a_program_every_statement_counts():
+    """Trailing calls, helper calls and ``if __name__ == '__main__':`` blocks are tests; statements
+    after the last test belong to it, so nothing that runs can fail without failing the record."""
+    steps = assert_steps("def check(c):\n    assert c(1) == 2\nassert f(0) == 1\ncheck(f)\n", "f")
+    assert [s.is_test for s in steps] == [False, True, True] and steps[-1].source == "check(f)"
+    helper = assert_steps("def close(a, b):\n    assert abs(a - b) < 1e-9\nclose(f(1), 2.0)\nclose(f(2), 3.0)\n", "f")
+    assert [s.is_test for s in helper] == [False, True, True]
+    main = assert_steps("if __name__ == '__main__':\n    assert f(1) == 2\n", "f")
+    assert [s.is_test for s in main] == [True]
+    trailing = assert_steps("assert f(1) == 2\nx = {}['missing']\n", "f")
+    assert [(s.is_test, s.source) for s in trailing] == [(True, "assert f(1) == 2\nx = {}['missing']")]
 
 
 def test_jobs_carry_what_the_record_says():
