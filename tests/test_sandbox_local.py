@@ -395,3 +395,31 @@ def test_a_slot_that_could_not_get_clean_restarts_with_its_reason_and_keeps_the_
         os.close(read_end)
         assert sb.metrics() == {"restarts": 1, "restarts_retired": 1}
         assert "cannot remove /tmp/stuck" in caplog.text
+
+
+USE_CGROUPS = True
+_SHARE = ("import time\ndef share():\n    wall, cpu = time.monotonic(), time.process_time()\n"
+          "    while time.monotonic() - wall < 1.0:\n        pass\n    return (time.process_time() - cpu) / (time.monotonic() - wall)\n")
+_SPINNERS = ("import os, time\nfor _ in range(20):\n    if os.fork() == 0:\n        os.setsid()\n        end = time.monotonic() + 3.5\n"
+             "        while time.monotonic() < end:\n            pass\n        os._exit(0)\ntime.sleep(3.5)\nprint('spun')")
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="cgroups are only created when running as root")
+def test_a_neighbour_with_many_spinning_processes_does_not_starve_another_slot():
+    """Each slot gets its own CPU share (cgroup), so 20 busy processes in one slot leave another
+    slot about the share it has alone, not 1/21 of it."""
+    timeouts = Timeouts(sandbox_test_s=4.0, sandbox_run_s=6.0, sandbox_cpu_s=4.0)
+    with LocalSandbox(workers=2, timeouts=timeouts, limits=LIMITS, use_cgroups=USE_CGROUPS) as sb:
+        def measured() -> float:
+            result = sb.run_blocking(AssertJob(_SHARE + "def probe():\n    raise ValueError(repr(share()))\n",
+                                               (TestStep("probe()", True),)))
+            return float(result.tests[0].reason.split("ValueError: ", 1)[1])
+        alone = measured()
+        if USE_CGROUPS and not sb.cpu_limited:
+            pytest.skip("no writable cpu cgroup controller on this machine")
+        neighbour = threading.Thread(target=sb.run_blocking, args=(StdioJob(_SPINNERS, (StdioCase("", "spun\n"),)),))
+        neighbour.start()
+        time.sleep(0.8)
+        beside = measured()
+        neighbour.join()
+    assert beside >= 0.5 * alone, (alone, beside)
