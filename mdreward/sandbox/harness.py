@@ -1087,7 +1087,7 @@ def _run_steps(job: dict, exports: list, channel: _Channel, emit, deadline: floa
         _bind_exports(solution, exports, channel)
         namespace.update((k, v) for k, v in solution.items() if not k.startswith("__"))
         if job.get("setup"):
-            _timed(lambda: exec(compile(job["setup"], "setup.py", "exec"), namespace), min(deadline, time.monotonic() + limits["test_s"]))
+            _timed_exec(job["setup"], "setup.py", namespace, min(deadline, time.monotonic() + limits["test_s"]))
         entry = _entry_point(exports, job.get("entry_point"), channel)
         if entry is not None:
             namespace[job["entry_point"]] = solution[job["entry_point"]] = entry
@@ -1099,7 +1099,7 @@ def _run_steps(job: dict, exports: list, channel: _Channel, emit, deadline: floa
         started = time.monotonic()
         channel.deadline = min(deadline, started + limits["test_s"])
         try:
-            _timed(lambda: exec(compile(source, f"<test step {step}>", "exec"), namespace), channel.deadline)
+            _timed_exec(source, f"<test step {step}>", namespace, channel.deadline)
             ok, err = True, None
         except SystemExit as exc:  # the test program ended itself; the tests after this one do not run
             if exc.code not in (None, 0, False):
@@ -1123,10 +1123,11 @@ def _run_steps(job: dict, exports: list, channel: _Channel, emit, deadline: floa
             return
 
 
-def _timed(body, deadline: float) -> None:
+def _timed_exec(source: str, filename: str, namespace: dict, deadline: float) -> None:
+    """Run test code; past ``deadline`` a timer raises ``StepTimeout`` in it (again every 50 ms)."""
     signal.setitimer(signal.ITIMER_REAL, max(0.001, deadline - time.monotonic()))
     try:
-        body()
+        exec(compile(source, filename, "exec"), namespace)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
 

@@ -227,9 +227,10 @@ class _Slot:
         limits = owner.limits
         filter_r, filter_w = os.pipe()
         try:
-            os.write(filter_w, owner.seccomp_program)  # a few hundred bytes: fits the pipe buffer
+            os.write(filter_w, owner.seccomp_program or b"")  # a few hundred bytes: fits the pipe buffer
             os.close(filter_w)
-            command = bwrap_command(owner.python, self.uid, limits, owner.timeouts, seccomp_fd=filter_r)
+            command = bwrap_command(owner.python, self.uid, limits, owner.timeouts,
+                                    seccomp_fd=filter_r if owner.seccomp_program is not None else None)
             if owner.use_cgroups and os.geteuid() == 0 and self.cgroup is None:
                 self.cgroup = Cgroup.create(f"mdreward-{self.uid}",
                                             2 * limits.memory_bytes + 2 * limits.tmpfs_bytes + (256 << 20),
@@ -392,8 +393,8 @@ class LocalSandbox:
         self.python = python or sys.executable
         self.use_cgroups = use_cgroups
         self.retries = retries
-        try:
-            self.seccomp_program = seccomp.filter_program()
+        try:  # None only in benchmarks/bench_sandbox_filter.py, which measures what the filter costs
+            self.seccomp_program: bytes | None = seccomp.filter_program()
         except seccomp.UnsupportedArchitecture as exc:
             raise SandboxUnavailable(f"refusing to run code without a syscall filter: {exc}") from None
         sandbox_no = next(_sandbox_numbers)

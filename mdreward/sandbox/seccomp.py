@@ -9,6 +9,7 @@ x86-64 numbers would not see those calls.
 from __future__ import annotations
 
 import errno
+import itertools
 import platform
 import struct
 
@@ -72,7 +73,7 @@ ARCHES: dict[str, tuple[int, dict[str, int]]] = {
 NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
 X32_SYSCALL_BIT = 0x40000000
 
-_LD_W_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
+_LD_W_ABS, _JA, _JEQ, _JGE, _JSET, _RET = 0x20, 0x05, 0x15, 0x35, 0x45, 0x06
 _RET_ALLOW, _RET_ERRNO, _RET_KILL_PROCESS = 0x7FFF0000, 0x00050000, 0x80000000
 _NR_OFFSET, _ARCH_OFFSET, _ARG0_LOW_OFFSET = 0, 4, 16  # struct seccomp_data (little-endian)
 
@@ -91,12 +92,33 @@ def filter_program(machine: str | None = None) -> bytes:
     if machine not in ARCHES:
         raise UnsupportedArchitecture(f"no seccomp syscall table for {machine!r} (supported: {', '.join(ARCHES)})")
     audit_arch, numbers = ARCHES[machine]
-    # jump table: every match jumps forward to one of the shared blocks after it; no match falls to "allow"
-    table: list[tuple[int, int, str]] = []
+    # Every syscall passes this program, so it is a binary search over the sorted special numbers
+    # (about 7 comparisons) rather than one comparison per entry.
+    actions = {numbers[name]: "eperm" for name in DENIED}
+    actions[numbers["clone3"]] = "enosys"
+    actions[numbers["clone"]] = "clone"
+    keys = sorted(actions)
+    code: list[tuple] = []  # (opcode, k, true-label, false-label) or ("label", name) or ("insn", bytes)
+    labels = itertools.count()
+
+    def search(lo: int, hi: int) -> None:  # keys[lo:hi]; falls through to "allow"
+        if hi - lo <= 3:
+            for nr in keys[lo:hi]:
+                code.append((_JEQ, nr, actions[nr], None))
+            code.append(("jump", "allow"))
+            return
+        mid = (lo + hi) // 2
+        upper = f"n{next(labels)}"
+        code.append((_JGE, keys[mid], upper, None))
+        search(lo, mid)
+        code.append(("label", upper))
+        search(mid, hi)
+
+    head = [_insn(_LD_W_ABS, _ARCH_OFFSET), _insn(_JEQ, audit_arch, 1, 0), _insn(_RET, _RET_KILL_PROCESS),
+            _insn(_LD_W_ABS, _NR_OFFSET)]
     if machine == "x86_64":
-        table.append((_JGE, X32_SYSCALL_BIT, "kill"))
-    table += [(_JEQ, numbers[name], "eperm") for name in DENIED]
-    table += [(_JEQ, numbers["clone3"], "enosys"), (_JEQ, numbers["clone"], "clone")]
+        code.append((_JGE, X32_SYSCALL_BIT, "kill", None))
+    search(0, len(keys))
     blocks = {
         "allow": [_insn(_RET, _RET_ALLOW)],
         # clone: namespace flags jump over the allow to "eperm", which must come next
@@ -105,19 +127,30 @@ def filter_program(machine: str | None = None) -> bytes:
         "enosys": [_insn(_RET, _RET_ERRNO | errno.ENOSYS)],
         "kill": [_insn(_RET, _RET_KILL_PROCESS)],
     }
-    head = [_insn(_LD_W_ABS, _ARCH_OFFSET), _insn(_JEQ, audit_arch, 1, 0), _insn(_RET, _RET_KILL_PROCESS),
-            _insn(_LD_W_ABS, _NR_OFFSET)]
-    start: dict[str, int] = {}
-    position = len(head) + len(table)
-    for label, block in blocks.items():
-        start[label] = position
+    # resolve label positions: labels take no room; "jump" is an always-true JEQ-free JA
+    position = len(head)
+    where: dict[str, int] = {}
+    for item in code:
+        if item[0] == "label":
+            where[item[1]] = position
+        else:
+            position += 1
+    for name, block in blocks.items():
+        where[name] = position
         position += len(block)
     program = list(head)
-    for index, (code, k, label) in enumerate(table):
-        offset = start[label] - (len(head) + index + 1)
+    for item in code:
+        if item[0] == "label":
+            continue
+        here = len(program)
+        if item[0] == "jump":
+            program.append(_insn(_JA, where[item[1]] - (here + 1)))
+            continue
+        opcode, k, true_label, _ = item
+        offset = where[true_label] - (here + 1)
         if offset > 255:
             raise ValueError("seccomp program too long for 8-bit jumps")
-        program.append(_insn(code, k, offset, 0))
+        program.append(_insn(opcode, k, offset, 0))
     for block in blocks.values():
         program += block
     return b"".join(program)
