@@ -164,11 +164,8 @@ class Cgroup:
                     d.mkdir(exist_ok=True)  # a stale one left by a killed scorer is reused
                     dirs.append(d)
                 settings += [(memory / "memory.limit_in_bytes", str(memory_bytes)), (pids_dir / "pids.max", str(pids))]
-                if "cpu" in by_controller:
+                if "cpu" in by_controller:  # made below, where failing costs only the CPU quota
                     cpu = v1_dir("cpu")
-                    if cpu not in dirs:
-                        cpu.mkdir(exist_ok=True)
-                        dirs.append(cpu)
                     cpu_settings += [(cpu / "cpu.cfs_period_us", str(period)), (cpu / "cpu.cfs_quota_us", str(quota))]
             elif "" in by_controller and Path("/sys/fs/cgroup/cgroup.controllers").exists():  # cgroup v2
                 parent = Path("/sys/fs/cgroup") / by_controller[""][1].lstrip("/")
@@ -187,6 +184,9 @@ class Cgroup:
             return None
         try:
             for path, value in cpu_settings:
+                if path.parent not in dirs:
+                    path.parent.mkdir(exist_ok=True)
+                    dirs.append(path.parent)
                 path.write_text(value)
             cpu_limited = bool(cpu_settings)
         except OSError as exc:
