@@ -379,6 +379,7 @@ def test_a_python_under_tmp_does_not_restart_the_slot(tmp_path, caplog):
             assert sb.run_blocking(StdioJob(f"open('/tmp/x{i}', 'w').close()\nprint(input())", (StdioCase("a\n", "a\n"),))).passed
             assert sb.run_blocking(AssertJob("def f(x):\n    return x + 1\n", tests)).passed
         assert sb.metrics() == {"restarts": 0}
+        assert CodeDomain(format_rules=DEFAULT_FORMAT, timeouts=FAST, sandbox=sb).metrics() == {"restarts": 0}
 
 
 def test_a_slot_that_could_not_get_clean_restarts_with_its_reason_and_keeps_the_retry(caplog):

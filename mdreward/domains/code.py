@@ -219,6 +219,12 @@ class CodeDomain:
                                    for t in outcome.tests]
         return Score.ok(self.table["correct" if passed else "wrong"], answer=job.code, **components)
 
+    def metrics(self) -> dict[str, int]:
+        """The sandbox's counters for monitoring (local: slot restarts by cause; SandboxFusion:
+        requests and retries); empty for a sandbox without them."""
+        counters = getattr(self.sandbox, "metrics", None)
+        return dict(counters()) if callable(counters) else {}
+
     async def aclose(self) -> None:
         if self._owns_sandbox:
             await self.sandbox.aclose()

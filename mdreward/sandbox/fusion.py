@@ -53,6 +53,10 @@ class FusionSandbox:
         self.requests = 0
         self.retried = 0
 
+    def metrics(self) -> dict[str, int]:
+        """Counters for monitoring: requests sent and retried."""
+        return {"requests": self.requests, "retried": self.retried}
+
     async def run(self, job: Job) -> RunResult:
         return await asyncio.wrap_future(self._executor.submit(self.run_blocking, job))
 

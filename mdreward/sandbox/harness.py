@@ -40,6 +40,7 @@ import tempfile
 import time
 import traceback
 import types
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -451,7 +452,7 @@ def _fresh_namespace(name: str) -> dict:
 
 
 # ---- candidate process ---------------------------------------------------------------------------------
-_OPS = {"len": len, "str": str, "repr": repr, "bool": bool, "iter": iter, "getitem": operator.getitem,
+_OPS: dict[str, Any] = {"len": len, "str": str, "repr": repr, "bool": bool, "iter": iter, "getitem": operator.getitem,
         "setitem": operator.setitem, "delitem": operator.delitem, "contains": operator.contains,
         "get": getattr, "set": setattr}
 
@@ -465,7 +466,7 @@ class _CandidateSide:
         self.namespace = namespace
         self.reader = LineReader(request_fd)
         self.response_fd = response_fd
-        self.handles: dict[int, object] = {}
+        self.handles: dict[int, Any] = {}
         self.handle_of: dict[int, int] = {}
 
     def export(self, value) -> list:
@@ -935,6 +936,8 @@ class _RemoteHandle:
     identity here: the candidate's ``__eq__`` never sees the tests' expected values."""
 
     __slots__ = ("_channel", "_number")
+    _channel: _Channel
+    _number: int
 
     def __init__(self, channel: _Channel, number: int) -> None:
         object.__setattr__(self, "_channel", channel)

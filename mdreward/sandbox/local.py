@@ -176,18 +176,18 @@ class Cgroup:
                 cpu_settings += [(unified / "cpu.max", f"{quota} {period}")]
             else:
                 return None
-            for path, value in settings:
-                path.write_text(value)
+            for setting, value in settings:
+                setting.write_text(value)
         except OSError as exc:
             log.info("cgroups unavailable for the sandbox (%s); rlimits still apply", exc)
             cls(dirs).remove()
             return None
         try:
-            for path, value in cpu_settings:
-                if path.parent not in dirs:
-                    path.parent.mkdir(exist_ok=True)
-                    dirs.append(path.parent)
-                path.write_text(value)
+            for setting, value in cpu_settings:
+                if setting.parent not in dirs:
+                    setting.parent.mkdir(exist_ok=True)
+                    dirs.append(setting.parent)
+                setting.write_text(value)
             cpu_limited = bool(cpu_settings)
         except OSError as exc:
             log.info("no CPU quota for the sandbox's slots (%s): slots share the CPUs unweighted", exc)
