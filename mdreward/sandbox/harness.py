@@ -77,7 +77,8 @@ _SMALL_INT = 1 << 62
 MAX_INT_HEX_DIGITS = 1 << 18  # ints up to 2**(2**20): 315,653 decimal digits
 MAX_FRACTION_BITS = 1 << 16
 MAX_DECIMAL_EXPONENT = 100_000
-MAX_SAME_HASH = 64  # more elements with one hash value than this make a set or dict quadratic to build
+MAX_SAME_HASH = 16  # more elements with one hash value than this make a set or dict quadratic to build
+MAX_EXPORT_NODES = 50_000  # a larger module-level value of the candidate is exported as a handle
 _VIEW_TAGS = {type({}.keys()): "Dk", type({}.values()): "Dv", type({}.items()): "Di"}
 
 
@@ -96,15 +97,20 @@ class Encoder:
     ``origins`` container ``k`` of the request carries ``k`` (the other side updates its own
     object in place). Anything else goes to ``export`` (a handle) or cannot cross."""
 
-    def __init__(self, export=None, origins: dict | None = None) -> None:
+    def __init__(self, export=None, origins: dict | None = None, budget: int | None = None) -> None:
         self.export = export
         self.origins = origins or {}
+        self.budget = budget  # nodes this message may have, if bounded
         self.numbers: dict[int, int] = {}
         self.containers: list = []  # numbered containers, in order (keeps them alive: ids stay unique)
 
     def __call__(self, value, depth: int = 0):
         if depth > MAX_DEPTH:
             raise Unencodable("value is nested too deeply")
+        if self.budget is not None:
+            self.budget -= 1
+            if self.budget < 0:
+                raise Unencodable("value is too large")
         t = type(value)
         if value is None:
             return ["N"]
@@ -495,9 +501,9 @@ class _CandidateSide:
                 out.append([name, ["M", value.__name__]])
             else:
                 try:
-                    out.append([name, self.encoder()(value)])
-                except Unencodable:
-                    pass
+                    out.append([name, Encoder(self.export, budget=MAX_EXPORT_NODES)(value)])
+                except Unencodable:  # too large or too deep to send: the tests get a handle
+                    out.append([name, self.export(value)])
         return out
 
     def serve(self) -> None:
@@ -789,9 +795,9 @@ _CONTROL_FLOW = ("StopIteration", "StopAsyncIteration")
 class _Channel:
     """The tests' side of the pipes to one candidate process."""
 
-    def __init__(self, request_fd: int, response_fd: int, candidate_pid: int) -> None:
+    def __init__(self, request_fd: int, response_fd: int, candidate_pid: int, limit: int = MAX_MESSAGE_BYTES) -> None:
         self.request_fd = request_fd
-        self.reader = LineReader(response_fd)
+        self.reader = LineReader(response_fd, limit)
         self.candidate_pid = candidate_pid
         self.deadline = float("inf")
         self.broken: str | None = None
@@ -1086,15 +1092,18 @@ def run_tests(job: dict, channel: _Channel, emit, deadline: float) -> None:
 def _run_steps(job: dict, exports: list, channel: _Channel, emit, deadline: float, namespace: dict,
                solution: dict) -> None:
     limits = job["limits"]
-    try:
+    signal.setitimer(signal.ITIMER_REAL, max(0.001, min(deadline, time.monotonic() + limits["test_s"]) - time.monotonic()))
+    try:  # rebuilding the candidate's exported values and the setup run under the timer too
         _bind_exports(solution, exports, channel)
         namespace.update((k, v) for k, v in solution.items() if not k.startswith("__"))
-        if job.get("setup"):
-            _timed_exec(job["setup"], "setup.py", namespace, min(deadline, time.monotonic() + limits["test_s"]))
         entry = _entry_point(exports, job.get("entry_point"), channel)
+        if job.get("setup"):
+            exec(compile(job["setup"], "setup.py", "exec"), namespace)
         if entry is not None:
             namespace[job["entry_point"]] = solution[job["entry_point"]] = entry
+        signal.setitimer(signal.ITIMER_REAL, 0)
     except (Exception, StepTimeout, SystemExit) as exc:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         emit({"ev": "load_error", "err": _failure(exc)})
         return
     test_index = 0
@@ -1246,7 +1255,7 @@ class Runner:
         for fd in (candidate.out_r, candidate.err_r):
             os.close(fd)
         candidate.out_r = candidate.err_r = -1
-        channel = _Channel(candidate.req_w, candidate.resp_r, candidate.pid)
+        channel = _Channel(candidate.req_w, candidate.resp_r, candidate.pid, limits["output_bytes"])
         reason = "completed"
         try:
             run_tests(job, channel, emit, deadline)
