@@ -1050,9 +1050,28 @@ def _entry_point(exports: list, entry_point: str | None, channel: _Channel):
     return None
 
 
-def _timer(_signum, _frame) -> None:
-    signal.setitimer(signal.ITIMER_REAL, 0.05)  # again, until the step ends
-    raise StepTimeout
+class _StepTimer:
+    """A one-shot ``SIGALRM`` timer around tests' code. The signal raises ``StepTimeout`` only while
+    armed, and only once per arming: candidates can send the zygote SIGALRM too (PID 1 receives the
+    signals it handles), and outside an armed step that must change nothing."""
+
+    armed = False
+
+    @classmethod
+    def handler(cls, _signum, _frame) -> None:
+        if cls.armed:
+            cls.armed = False
+            raise StepTimeout
+
+    @classmethod
+    def arm(cls, deadline: float) -> None:
+        cls.armed = True
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, deadline - time.monotonic()))
+
+    @classmethod
+    def disarm(cls) -> None:
+        cls.armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def run_tests(job: dict, channel: _Channel, emit, deadline: float) -> None:
@@ -1076,11 +1095,11 @@ def run_tests(job: dict, channel: _Channel, emit, deadline: float) -> None:
     solution = types.ModuleType("solution")
     saved = {name: sys.modules.get(name) for name in ("__main__", "solution")}
     sys.modules["__main__"], sys.modules["solution"] = program, solution
-    previous = signal.signal(signal.SIGALRM, _timer)
+    previous = signal.signal(signal.SIGALRM, _StepTimer.handler)
     try:
         _run_steps(job, ready["ready"], channel, emit, deadline, program.__dict__, solution.__dict__)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _StepTimer.disarm()
         signal.signal(signal.SIGALRM, previous)
         for name, module in saved.items():
             if module is None:
@@ -1092,18 +1111,19 @@ def run_tests(job: dict, channel: _Channel, emit, deadline: float) -> None:
 def _run_steps(job: dict, exports: list, channel: _Channel, emit, deadline: float, namespace: dict,
                solution: dict) -> None:
     limits = job["limits"]
-    signal.setitimer(signal.ITIMER_REAL, max(0.001, min(deadline, time.monotonic() + limits["test_s"]) - time.monotonic()))
     try:  # rebuilding the candidate's exported values and the setup run under the timer too
-        _bind_exports(solution, exports, channel)
-        namespace.update((k, v) for k, v in solution.items() if not k.startswith("__"))
-        entry = _entry_point(exports, job.get("entry_point"), channel)
-        if job.get("setup"):
-            exec(compile(job["setup"], "setup.py", "exec"), namespace)
-        if entry is not None:
-            namespace[job["entry_point"]] = solution[job["entry_point"]] = entry
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _StepTimer.arm(min(deadline, time.monotonic() + limits["test_s"]))
+        try:
+            _bind_exports(solution, exports, channel)
+            namespace.update((k, v) for k, v in solution.items() if not k.startswith("__"))
+            entry = _entry_point(exports, job.get("entry_point"), channel)
+            if job.get("setup"):
+                exec(compile(job["setup"], "setup.py", "exec"), namespace)
+            if entry is not None:
+                namespace[job["entry_point"]] = solution[job["entry_point"]] = entry
+        finally:
+            _StepTimer.disarm()
     except (Exception, StepTimeout, SystemExit) as exc:
-        signal.setitimer(signal.ITIMER_REAL, 0)
         emit({"ev": "load_error", "err": _failure(exc)})
         return
     test_index = 0
@@ -1136,12 +1156,12 @@ def _run_steps(job: dict, exports: list, channel: _Channel, emit, deadline: floa
 
 
 def _timed_exec(source: str, filename: str, namespace: dict, deadline: float) -> None:
-    """Run test code; past ``deadline`` a timer raises ``StepTimeout`` in it (again every 50 ms)."""
-    signal.setitimer(signal.ITIMER_REAL, max(0.001, deadline - time.monotonic()))
+    """Run test code; past ``deadline`` the timer raises ``StepTimeout`` in it."""
+    _StepTimer.arm(deadline)
     try:
         exec(compile(source, filename, "exec"), namespace)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _StepTimer.disarm()
 
 
 def _failure(exc: BaseException) -> str:
