@@ -424,3 +424,26 @@ def test_a_neighbour_with_many_spinning_processes_does_not_starve_another_slot()
         beside = measured()
         neighbour.join()
     assert beside >= 0.5 * alone, (alone, beside)
+
+
+_WORK = "import time\ndef work():\n    start = time.process_time()\n    while time.process_time() - start < 0.15:\n        pass\n    return True\n"
+
+
+@pytest.mark.parametrize("wall_factor, passes", [(12.0, True), (1.0, False)])
+def test_time_limits_count_the_candidates_own_cpu_time_without_cgroups(wall_factor, passes):
+    """Without cgroups a neighbour's 20 busy processes leave a slot a twentieth of the CPU: a test
+    needing 0.15 s of CPU takes seconds of wall time. Judged on its own CPU time (limit 1 s) it passes;
+    judged on wall time alone (the factor 1.0 control) the same run fails."""
+    timeouts = Timeouts(sandbox_test_s=1.0, sandbox_run_s=15.0, sandbox_cpu_s=4.0, sandbox_wall_factor=wall_factor)
+    patient = Timeouts(sandbox_test_s=6.0, sandbox_run_s=10.0, sandbox_cpu_s=5.0)
+    with LocalSandbox(workers=1, timeouts=timeouts, limits=LIMITS, use_cgroups=False) as sb, \
+            LocalSandbox(workers=1, timeouts=patient, limits=LIMITS, use_cgroups=False) as other:
+        assert sb.run_blocking(AssertJob(_WORK, (TestStep("assert work()", True),))).passed  # warm, alone
+        other.run_blocking(StdioJob("print(1)", (StdioCase("", "1\n"),)))
+        neighbour = threading.Thread(target=other.run_blocking, args=(StdioJob(_SPINNERS, (StdioCase("", "spun\n"),)),))
+        neighbour.start()
+        time.sleep(0.8)
+        beside = sb.run_blocking(AssertJob(_WORK, (TestStep("assert work()", True),)))
+        stdio = sb.run_blocking(StdioJob(_WORK + "print(work())", (StdioCase("", "True\n"),)))
+        neighbour.join()
+    assert (beside.passed, stdio.passed) == (passes, passes), (beside.tests, stdio.tests)

@@ -32,6 +32,7 @@ class SandboxLimits:
     def wire(self, timeouts: Timeouts) -> dict[str, float | int]:
         """The limits as the in-sandbox harness reads them (the one place both backends build them)."""
         return {"cpu_s": timeouts.sandbox_cpu_s, "test_s": timeouts.sandbox_test_s, "run_s": timeouts.sandbox_run_s,
+                "wall_factor": timeouts.sandbox_wall_factor,
                 "memory_bytes": self.memory_bytes, "nproc": self.nproc, "nofile": self.nofile,
                 "fsize_bytes": self.fsize_bytes, "output_bytes": self.output_bytes}
 

@@ -453,6 +453,42 @@ def _child_stdio() -> None:
     sys.stderr = sys.__stderr__ = open(2, "w", closefd=False)
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class TestClock:
+    """The time limit of one test: ``test_s`` of the candidate's own CPU time, or ``test_s`` times
+    ``wall_factor`` of wall time, whichever comes first. On a busy machine a correct solution that
+    gets little CPU is not failed for the wall time it waited."""
+
+    __test__ = False
+
+    def __init__(self, pid: int, limits: dict, cap: float = float("inf")) -> None:
+        self.pid = pid
+        self.test_s = limits["test_s"]
+        self.started = time.monotonic()
+        self.cpu_start = cpu_seconds(pid)
+        self.wall_end = min(cap, self.started + self.test_s * max(1.0, limits.get("wall_factor", 1.0)))
+
+    def next_deadline(self) -> float | None:
+        """When to look again, or None if the test is out of time."""
+        now = time.monotonic()
+        left = self.test_s - (cpu_seconds(self.pid) - self.cpu_start)
+        if left <= 0 or now >= self.wall_end:
+            return None
+        return min(self.wall_end, now + max(0.02, left))
+
+
 def _fresh_namespace(name: str) -> dict:
     return {"__name__": name, "__builtins__": builtins, "__file__": f"{WORK_DIR}/solution.py"}
 
@@ -800,6 +836,7 @@ class _Channel:
         self.reader = LineReader(response_fd, limit)
         self.candidate_pid = candidate_pid
         self.deadline = float("inf")
+        self.clock: TestClock | None = None
         self.broken: str | None = None
         self.proxies: dict[int, "_RemoteHandle"] = {}
         self.callbacks: list = []
@@ -820,12 +857,17 @@ class _Channel:
     def receive(self) -> dict:
         if self.broken:
             raise CandidateError(self.broken)
-        try:
-            line = self.reader.read(self.deadline)
-        except TimeoutError:
-            raise self._kill("timed out") from None
-        except ValueError as exc:
-            raise self._kill(str(exc)) from None
+        while True:
+            try:
+                line = self.reader.read(self.deadline)
+                break
+            except TimeoutError:
+                later = self.clock.next_deadline() if self.clock is not None else None
+                if later is None:
+                    raise self._kill("timed out") from None
+                self.deadline = later
+            except ValueError as exc:
+                raise self._kill(str(exc)) from None
         if line is None:
             self.fail("the candidate process exited")
             raise CandidateError(self.broken)
@@ -1080,6 +1122,7 @@ def run_tests(job: dict, channel: _Channel, emit, deadline: float) -> None:
     emitting one report per test. Only dataset code and plain data run here; each step is bounded
     by the test time, also when it computes on the candidate's values."""
     limits = job["limits"]
+    channel.clock = TestClock(channel.candidate_pid, limits, cap=deadline)
     channel.deadline = min(deadline, time.monotonic() + limits["test_s"])
     try:
         ready = channel.receive()
@@ -1129,9 +1172,10 @@ def _run_steps(job: dict, exports: list, channel: _Channel, emit, deadline: floa
     test_index = 0
     for step, (source, is_test) in enumerate(job["steps"]):
         started = time.monotonic()
+        channel.clock = TestClock(channel.candidate_pid, limits, cap=deadline)
         channel.deadline = min(deadline, started + limits["test_s"])
         try:
-            _timed_exec(source, f"<test step {step}>", namespace, channel.deadline)
+            _timed_exec(source, f"<test step {step}>", namespace, channel.clock.wall_end)
             ok, err = True, None
         except SystemExit as exc:  # the test program ended itself; the tests after this one do not run
             if exc.code not in (None, 0, False):
@@ -1295,6 +1339,7 @@ class Runner:
         os.close(candidate.req_w)
         os.close(candidate.resp_r)
         candidate.req_w = candidate.resp_r = -1
+        clock = TestClock(candidate.pid, limits)
         deadline = started + limits["test_s"]
         stdout, stderr = bytearray(), bytearray()
         open_fds = {candidate.out_r: stdout, candidate.err_r: stderr}
@@ -1302,8 +1347,12 @@ class Runner:
         while open_fds:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                timed_out = True
-                break
+                later = clock.next_deadline()
+                if later is None:
+                    timed_out = True
+                    break
+                deadline = later
+                continue
             ready, _, _ = select.select(list(open_fds) + ([] if exited else [pidfd]), [], [], remaining)
             for fd in ready:
                 if fd == pidfd:

@@ -356,8 +356,8 @@ class _Slot:
         run_deadline = started + self.owner.timeouts.sandbox_run_s
         t = self.owner.timeouts
         while True:
-            # each case is bounded by sandbox_test_s inside; the run as a whole by not continuing
-            report = self._read(time.monotonic() + t.sandbox_test_s + t.sandbox_grace_s)
+            # each case is bounded inside (CPU sandbox_test_s, wall that times the factor); the run by not continuing
+            report = self._read(time.monotonic() + t.sandbox_test_s * t.sandbox_wall_factor + t.sandbox_grace_s)
             kind = report.get("ev")
             if kind == "end":
                 break
