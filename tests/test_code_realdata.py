@@ -12,7 +12,8 @@ from mdreward import Scorer, ScoringConfig, Status
 
 #: MBPP test-split tasks whose reference solution does not pass here, each explained in docs/code.md.
 MBPP_EXPLAINED_FAILURES = {
-    123: "reference needs ~4-10 s for amicable_numbers_sum(9999), over the 6 s per-test budget",
+    123: "reference needs ~4-10 s of wall time for amicable_numbers_sum(9999) on a busy machine; judged on its CPU "
+         "time it passes, but its CPU time alone can come near the 6 s budget on a slow machine",
 }
 
 
@@ -49,7 +50,7 @@ def test_mbpp_reference_solutions_pass_except_the_explained_ones(scorer):
     failed = {r["task_id"] for r, s in zip(rows, scores) if s.reward != 1.0}
     assert failed <= set(MBPP_EXPLAINED_FAILURES)
     assert 367 not in failed  # the tests build trees of the candidate's own class: handles carry them
-    assert len(failed) / len(rows) <= 0.002  # 123 passes on a fast, idle machine
+    assert len(failed) / len(rows) <= 0.002
 
 
 @pytest.mark.skipif(not HUMANEVAL.exists(), reason="HumanEval data not present")
