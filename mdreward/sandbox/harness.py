@@ -77,6 +77,7 @@ _SMALL_INT = 1 << 62
 MAX_INT_HEX_DIGITS = 1 << 18  # ints up to 2**(2**20): 315,653 decimal digits
 MAX_FRACTION_BITS = 1 << 16
 MAX_DECIMAL_EXPONENT = 100_000
+MAX_BATCH = 1024  # items of a candidate iterator fetched per round trip, at most
 MAX_SAME_HASH = 16  # more elements with one hash value than this make a set or dict quadratic to build
 MAX_EXPORT_NODES = 50_000  # a larger module-level value of the candidate is exported as a handle
 _VIEW_TAGS = {type({}.keys()): "Dk", type({}.values()): "Dv", type({}.items()): "Di"}
@@ -559,18 +560,24 @@ class _CandidateSide:
             decoder = Decoder(self.resolve, bounded=False)
             args, kwargs = decoder(request["a"])
             op = request["op"]
-            if op == "next":
-                try:
-                    result = next(subject)
-                except StopIteration:
-                    _send(self.response_fd, {"stop": True})
-                    return
+            end = None
+            if op == "next":  # up to args[0] items; how the iterator ended travels beside them
+                result = []
+                for _ in range(min(MAX_BATCH, int(args[0]))):
+                    try:
+                        result.append(next(subject))
+                    except StopIteration:
+                        end = ["stop"]
+                        break
+                    except BaseException as exc:  # inside the sandbox: the candidate's exception is data
+                        end = ["x", _exception_report(exc)]
+                        break
             elif op == "call":
                 result = subject(*args, **kwargs)
             else:
                 result = _OPS[op](subject, *args)
             origins = {id(obj): number for number, obj in enumerate(decoder.table)}
-            reply = {"r": self.encoder(origins)((result, args, kwargs))}
+            reply = {"r": self.encoder(origins)((result, args, kwargs)), "end": end}
         except BaseException as exc:  # inside the sandbox: any exception of the candidate is data
             reply = {"x": _exception_report(exc)}
         _send(self.response_fd, reply)
@@ -941,8 +948,6 @@ class _Channel:
         except StepTimeout:
             self._kill("timed out")
             raise
-        if reply.get("stop") is True and op == "next":
-            raise StopIteration
         if "x" in reply:
             raise _candidate_exception(reply["x"])
         if "r" not in reply:
@@ -950,6 +955,12 @@ class _Channel:
         result = self.decode(reply["r"], encoder.containers)
         if type(result) is not tuple or len(result) != 3:
             raise self._kill("the candidate process sent malformed data")
+        if op == "next":
+            end = reply.get("end")
+            if type(result[0]) is not list or not (end is None or end == ["stop"] or type(end) is list and len(end) == 2
+                                                   and end[0] == "x"):
+                raise self._kill("the candidate process sent malformed data")
+            return result[0], end
         return result[0]
 
     def _run_callback(self, message: dict) -> None:
@@ -997,15 +1008,33 @@ class _RemoteHandle:
 
 
 class _RemoteIterator(_RemoteHandle):
-    """A generator, ``map`` or other iterator of the candidate: each ``next`` runs it one step there."""
+    """A generator, ``map`` or other iterator of the candidate, run there as the tests consume it:
+    the first ``next`` fetches one item, later ones fetch batches that double up to ``MAX_BATCH``
+    (a long generator costs few round trips; an infinite one is never run far ahead). An exception
+    of the iterator reaches the tests after the items before it, then the iterator is exhausted."""
 
-    __slots__ = ()
+    __slots__ = ("_buffer", "_end", "_batch")
+
+    def __init__(self, channel: _Channel, number: int) -> None:
+        super().__init__(channel, number)
+        self._buffer: collections.deque = collections.deque()
+        self._end: list | None = None
+        self._batch = 1
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        return self._op("next")
+        if not self._buffer and self._end is None:
+            items, self._end = self._op("next", self._batch)
+            self._batch = min(MAX_BATCH, 2 * self._batch)
+            self._buffer.extend(items)
+        if self._buffer:
+            return self._buffer.popleft()
+        end, self._end = self._end, ["stop"]
+        if end is not None and end[0] == "x":
+            raise _candidate_exception(end[1])
+        raise StopIteration
 
     def __repr__(self) -> str:
         return f"<candidate iterator #{self._number}>"
