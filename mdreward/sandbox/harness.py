@@ -576,8 +576,9 @@ class _CandidateSide:
                 result = subject(*args, **kwargs)
             else:
                 result = _OPS[op](subject, *args)
+            # the result, and every container the tests sent (as they are now: changes made in place go back)
             origins = {id(obj): number for number, obj in enumerate(decoder.table)}
-            reply = {"r": self.encoder(origins)((result, args, kwargs)), "end": end}
+            reply = {"r": self.encoder(origins)((result, tuple(decoder.table))), "end": end}
         except BaseException as exc:  # inside the sandbox: any exception of the candidate is data
             reply = {"x": _exception_report(exc)}
         _send(self.response_fd, reply)
@@ -953,7 +954,7 @@ class _Channel:
         if "r" not in reply:
             raise self._kill("the candidate process sent malformed data")
         result = self.decode(reply["r"], encoder.containers)
-        if type(result) is not tuple or len(result) != 3:
+        if type(result) is not tuple or len(result) != 2:
             raise self._kill("the candidate process sent malformed data")
         if op == "next":
             end = reply.get("end")
