@@ -13,7 +13,7 @@ from code_support import code_sample
 from mdreward import Sample, Scorer, ScoringConfig, Status
 from mdreward.domains.code import CodeDomain, TestsFieldError, assert_steps, job_for
 from mdreward.sandbox import AssertJob, LocalSandbox, StdioJob, normalize_stdout, stdout_matches
-from mdreward.sandbox.harness import Unencodable, decode, encode
+from mdreward.sandbox.harness import DecodeLimit, Decoder, Encoder, Unencodable, decode, encode
 from mdreward.sandbox.verdict import ProtocolViolation, assert_results
 from mdreward.timeouts import Timeouts
 from mdreward.types import DEFAULT_FORMAT
@@ -163,6 +163,49 @@ def test_objects_without_a_plain_value_cannot_cross():
                                   ["Fr", "1/0"], ["N", 1]])
 def test_malformed_values_are_rejected(node):
     with pytest.raises(ValueError):
+        decode(node)
+
+
+def test_value_shapes_cross():
+    import collections
+    from fractions import Fraction
+    point = collections.namedtuple("Point", "x y")(1, 2)
+    back = decode(encode(point))
+    assert back == (1, 2) and back.x == 1 and type(back).__name__ == "Point"
+    assert decode(encode(range(2, 9, 3))) == range(2, 9, 3)
+    assert decode(encode({"a": 1}.keys())) == {"a"} and sorted(decode(encode({"a": 1, "b": 2}.values()))) == [1, 2]
+    big = 3 ** 20000
+    assert decode(encode(big)) == big and decode(encode(-big)) == -big
+    assert decode(encode(Fraction(big, 7))) == Fraction(big, 7)
+
+
+def test_aliases_and_in_place_changes_come_back_to_the_original_objects():
+    row = [0, 0]
+    grid = [row, row]
+    extra = {"k": [1]}
+    encoder = Encoder()
+    node = encoder(((grid,), {"extra": extra}))
+    sent = Decoder(bounded=False)
+    args, kwargs = sent(node)
+    assert args[0][0] is args[0][1]  # one object on the other side too
+    args[0][0][0] = 5
+    kwargs["extra"]["k"].append(2)
+    origins = {id(obj): number for number, obj in enumerate(sent.table)}
+    reply = Decoder(originals=encoder.containers)
+    back = reply(Encoder(origins=origins)((None, tuple(sent.table))))
+    reply.apply()
+    assert back[0] is None and row == [5, 0] and grid[0] is row and extra == {"k": [1, 2]}
+
+
+@pytest.mark.parametrize("node, why", [
+    (["E", [["I", 1 + i * ((1 << 61) - 1)] for i in range(1000)]], "one hash value"),
+    (["D", [[["I", 1 + i * ((1 << 61) - 1)], ["N"]] for i in range(1000)]], "one hash value"),
+    (["Fr", ["Ih", "f" * 20000], ["I", 3]], "Fraction"),
+    (["Ih", "f" * (1 << 19)], "int"),
+    (["Dc", "1e999999999"], "Decimal"),
+])
+def test_values_too_costly_to_rebuild_are_refused(node, why):
+    with pytest.raises(DecodeLimit, match=why):
         decode(node)
 
 
