@@ -4,15 +4,18 @@ Processes of one sandbox, all under its unprivileged uid and all non-dumpable (n
 ``/proc/<pid>/mem`` across them):
 
 * the **zygote** (``serve``): PID 1 of the sandbox's PID namespace, so nothing inside can signal
-  it. It reads jobs from the trusted scorer, runs the dataset's test code (assert mode) against
-  proxies of the candidate's functions, relays plain-data reports, and after each job kills every
-  other process of the namespace (daemons included) and wipes the writable directories.
+  it except with the signals it handles (only SIGALRM, its test timer, which ignores signals
+  outside an armed step). It reads jobs from the trusted scorer, runs the dataset's test code
+  (assert mode) as a program against proxies of the candidate's objects, relays plain-data reports,
+  and after each job kills every other process of the namespace (daemons included) and wipes the
+  writable directories.
 * the **fork server**: a copy of the zygote taken before any job, so the candidate processes it
   forks never inherit memory that held tests (the zygote's memory does).
 * a **candidate** process per run: gets only its code, limits and stdin from the zygote. In stdio
-  mode it is the program. In assert mode it serves calls to its top-level functions over a pipe;
-  arguments and return values cross as tagged JSON of plain values (see ``encode``), so no live
-  object (an always-equal object, a patched builtin, a skip exception) ever reaches the tests.
+  mode it is the program. In assert mode it serves the tests' operations on its objects over a
+  pipe; values cross as tagged JSON (``Encoder``/``Decoder``), every other object stays in its
+  process behind a handle whose proxy compares by identity, so no live object (an always-equal
+  object, a patched builtin, a skip exception) ever reaches the tests.
 
 Nothing here decides a verdict: the scorer outside requires a passing report for every test it
 sent, and compares stdio outputs itself (expected outputs never enter the sandbox).
