@@ -52,7 +52,7 @@ PR_SET_CHILD_SUBREAPER = 36
 MAX_DEPTH = 200
 MAX_MESSAGE_BYTES = 64 << 20
 WORK_DIR = "/tmp/work"
-WIPE_DIRS = ("/tmp", "/dev/shm")
+WIPE_DIRS: tuple[str, ...] = ("/tmp", "/dev/shm")
 PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "typing",
            "fractions", "decimal", "statistics", "random", "copy", "operator", "hashlib", "datetime",
            "array", "cmath", "io", "textwrap", "unicodedata", "dataclasses", "enum", "struct")
@@ -452,9 +452,9 @@ def _set_limits(limits: dict) -> None:
 
 def _child_stdio() -> None:
     """Fresh Python-level stdio objects on fds 0-2 (no buffers inherited from the parent)."""
-    sys.stdin = sys.__stdin__ = open(0, "r", closefd=False, errors="surrogateescape")
-    sys.stdout = sys.__stdout__ = open(1, "w", closefd=False)
-    sys.stderr = sys.__stderr__ = open(2, "w", closefd=False)
+    sys.stdin = sys.__stdin__ = open(0, "r", closefd=False, errors="surrogateescape")  # type: ignore[misc]
+    sys.stdout = sys.__stdout__ = open(1, "w", closefd=False)  # type: ignore[misc]
+    sys.stderr = sys.__stderr__ = open(2, "w", closefd=False)  # type: ignore[misc]
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -563,7 +563,7 @@ class _CandidateSide:
             decoder = Decoder(self.resolve, bounded=False)
             args, kwargs = decoder(request["a"])
             op = request["op"]
-            end = None
+            end: list[Any] | None = None
             if op == "next":  # up to args[0] items; how the iterator ended travels beside them
                 result = []
                 for _ in range(min(MAX_BATCH, int(args[0]))):
@@ -1314,7 +1314,7 @@ class Runner:
     def __init__(self, as_init: bool, fork_wait_s: float) -> None:
         self.as_init = as_init
         self.forks = ForkServer(fork_wait_s)
-        self.spare = self.forks.spare()
+        self.spare: Spare | None = self.forks.spare()
 
     def _candidate(self) -> Spare:
         spare, self.spare = self.spare, None

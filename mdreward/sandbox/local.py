@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..timeouts import DEFAULT_TIMEOUTS, Timeouts
 from . import harness, seccomp
@@ -219,7 +219,7 @@ class _Slot:
         self.process: subprocess.Popen | None = None
         self.reader: harness.LineReader | None = None
         self.cgroup: Cgroup | None = None
-        self.stderr = None
+        self.stderr: IO[bytes] | None = None
         self.jobs = 0
 
     def start(self) -> None:
@@ -245,6 +245,7 @@ class _Slot:
         finally:
             os.close(filter_r)
         # a stdio report carries up to output_bytes of stdout, JSON-escaped (at most 6 bytes a byte)
+        assert self.process.stdout is not None  # stdout=PIPE
         self.reader = harness.LineReader(self.process.stdout.fileno(), 6 * limits.output_bytes + (1 << 20))
         try:
             ready = self._read(time.monotonic() + owner.timeouts.sandbox_start_s)
