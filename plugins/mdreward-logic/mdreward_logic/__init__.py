@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mdreward import DomainSpec, FormatRules, RewardTable, Sample, Score, Timeouts
-from mdreward.extract import FinalAnswer, FormatViolation, final_answer, split_think
+from mdreward.extract import FinalAnswer, FormatViolation, final_answer_of
 
 TABLE = RewardTable({"correct": 1.0, "wrong": 0.0, "format_error": -1.0}, continuous=("cells_right", 0.0, 1.0))
 #: Answers longer than this are not parsed (a Zebra table of 10 x 10 cells is far shorter).
@@ -103,10 +103,7 @@ class LogicDomain:
         reference = reference_puzzle(sample)
         if isinstance(reference, str):
             return Score.unscored(f"{sample.where()}: {reference}")
-        split = split_think(sample.response, self.format_rules)
-        if isinstance(split, FormatViolation):
-            return Score.format_error(self.table["format_error"], split.reason)
-        found = final_answer(split.after)
+        found = final_answer_of(sample.response, self.format_rules)
         if isinstance(found, FormatViolation):
             return Score.format_error(self.table["format_error"], found.reason)
         if found.source != "answer_tag":

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mdreward import DomainSpec, FormatRules, RewardTable, Sample, Score, Timeouts
-from mdreward.extract import FormatViolation, final_answer, split_think
+from mdreward.extract import FormatViolation, final_answer_of
 
 TABLE = RewardTable({"correct": 1.0, "wrong": 0.0, "format_error": -1.0})
 LIST_SEPARATOR = "|"
@@ -81,10 +81,7 @@ class TableDomain:
         if not reference or any(not part.strip() for part in reference.split(LIST_SEPARATOR)):
             return Score.unscored(f"{sample.where()}: field 'reference' must be an answer or 'a|b|c' answers, "
                                   f"got {sample.reference!r}")
-        split = split_think(sample.response, self.format_rules)
-        if isinstance(split, FormatViolation):
-            return Score.format_error(self.table["format_error"], split.reason)
-        found = final_answer(split.after)
+        found = final_answer_of(sample.response, self.format_rules)
         if isinstance(found, FormatViolation):
             return Score.format_error(self.table["format_error"], found.reason)
         components: dict[str, Any] = {"format_ok": True, "extracted_answer": found.text, "source": found.source}
