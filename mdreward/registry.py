@@ -10,7 +10,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, Generic, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Callable, Generic, Iterator, Literal, Protocol, Sequence, TypeVar, runtime_checkable
 
 from .types import FormatRules, RewardTable, Sample, Score
 
@@ -64,7 +64,7 @@ class DomainSpec:
     top_outcome: str = "correct"
     needs: tuple[str, ...] = ()
     data_sources: tuple[str, ...] = ()
-    reference_format: str = "text"
+    reference_format: Literal["text", "json"] = "text"
 
 
 T = TypeVar("T")

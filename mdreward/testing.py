@@ -115,6 +115,8 @@ def check_example(spec: DomainSpec, kit: KitOptions) -> None:
     assert spec.top_outcome in spec.table.values, \
         f"top_outcome {spec.top_outcome!r} is not in the table {sorted(spec.table.values)}"
     assert "format_error" in spec.table.values, "the table has no 'format_error' outcome (the format penalty)"
+    assert spec.reference_format in ("text", "json"), f"reference_format {spec.reference_format!r}: 'text' or 'json'"
+    assert all(isinstance(p, str) and p for p in spec.data_sources), f"data_sources {spec.data_sources!r}: globs"
 
 
 def check_gold_answer(spec: DomainSpec, kit: KitOptions) -> None:
