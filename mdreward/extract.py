@@ -140,6 +140,12 @@ def final_answer(after_think: str) -> FinalAnswer | FormatViolation:
     return FormatViolation("no final answer after </think> (no <answer> block and no \\boxed{})")
 
 
+def final_answer_of(response: str, rules: FormatRules) -> FinalAnswer | FormatViolation:
+    """``split_think`` then ``final_answer`` on what follows ``</think>``: a domain's usual first step."""
+    split = split_think(response, rules)
+    return split if isinstance(split, FormatViolation) else final_answer(split.after)
+
+
 def _unbox(text: str) -> str:
     boxes = boxed_contents(text)
     return boxes[-1] if boxes else text.strip()

@@ -34,3 +34,13 @@ def test_last_code_block_takes_the_last_python_fence():
     text = "```python\nfirst()\n```\ntext\n```py\nsecond()\n```\n```text\nnot code\n```"
     assert last_code_block(text) == "second()\n"
     assert isinstance(last_code_block("no code here"), FormatViolation)
+
+
+def test_final_answer_of_applies_the_think_rule_then_reads_the_final_answer():
+    from mdreward.extract import final_answer_of
+
+    rules = FormatRules()
+    found = final_answer_of("<think>x</think> \\boxed{4}", rules)
+    assert not isinstance(found, FormatViolation) and found.text == "4"
+    assert isinstance(final_answer_of("\\boxed{4}", rules), FormatViolation)  # no think block
+    assert isinstance(final_answer_of("<think>x</think> 4", rules), FormatViolation)  # no final answer

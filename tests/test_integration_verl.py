@@ -183,3 +183,35 @@ def test_cpu_pools_are_shared_among_verls_reward_workers():
         assert shared.scorer.config.domain_options["math"]["workers"] == max(1, (os.cpu_count() or 1) // 8)
     finally:
         verl.close_shared()
+
+
+class _EchoJson:
+    """Returns the reference it was given as the answer (to see what the adapter passed)."""
+
+    name = "acme.grid"
+
+    def __init__(self, *, table, **_):
+        self.table = table
+
+    async def score_batch(self, samples):
+        return [mdreward.Score.ok(1.0, answer=s.reference, correct=True) for s in samples]
+
+    async def aclose(self):
+        return None
+
+
+def test_a_domain_declares_its_data_sources_and_gets_structured_ground_truth_as_json():
+    spec = mdreward.DomainSpec("acme.grid", _EchoJson, "grid", MATH, required_fields=("response", "reference"),
+                               data_sources=("acme_grid*",), reference_format="json")
+    registry = mdreward.load_domains(autoload_plugins=False)
+    registry.register(spec.name, spec, provider="acme")
+    reward = VerlReward(mdreward.Scorer(registry=registry))
+    try:
+        truth = {"header": np.array(["a", "b"]), "rows": np.array([["1", "x"], ["2", "y"]])}
+        result = reward.compute_score("acme_grid_v2", "<think>t</think> x", truth, {"index": 1})
+        assert result["domain"] == "acme.grid" and result["scored"], result
+        assert result["pred"] == '{"header": ["a", "b"], "rows": [["1", "x"], ["2", "y"]]}'
+        explicit = VerlReward(reward.scorer, table=DEFAULT_TABLE.with_rules({"acme_grid*": "math"}))
+        assert explicit.table.domain_for("acme_grid_v2") == "math"  # data_source_map wins over a domain's rule
+    finally:
+        reward.close()

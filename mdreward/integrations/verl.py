@@ -2,7 +2,8 @@
 
 verl may load this file by path (``path=/.../verl.py``) or as ``pkg://mdreward.integrations.verl``;
 it therefore imports mdreward by absolute names. ``data_source`` picks the mdreward domain
-through a :class:`DataSourceTable` (glob rules, first match wins). Every call returns verl's dict
+through a :class:`DataSourceTable` (glob rules, first match wins: ``data_source_map``, then the
+patterns installed domains declare in ``DomainSpec.data_sources``, then ``DEFAULT_RULES``). Every call returns verl's dict
 form with the same keys, so verl can stack them into ``reward_extra_info``; a record that could
 not be scored has ``scored=False``, ``acc=None`` (verl's validation metrics skip None) and
 ``score=unscored_score`` (a placeholder to mask, see docs/integrations.md), never a silent 0.
@@ -76,6 +77,11 @@ class DataSourceTable:
 
 
 DEFAULT_TABLE = DataSourceTable()
+
+
+def registry_rules(registry: Any) -> tuple[tuple[str, str], ...]:
+    """``(pattern, domain)`` rules the installed domains declare in ``DomainSpec.data_sources``."""
+    return tuple((pattern, entry.name) for entry in registry for pattern in entry.value.data_sources)
 
 
 class GroundTruthError(ValueError):
@@ -152,6 +158,25 @@ def code_tests(ground_truth: Any, extra_info: Mapping[str, Any] | None = None) -
     raise GroundTruthError(f"ground_truth of type {type(value).__name__} is not a code-test shape")
 
 
+def _deep_plain(value: Any) -> Any:
+    """numpy values inside dicts and lists as plain Python values (for JSON)."""
+    value = _plain(value)
+    if isinstance(value, Mapping):
+        return {str(k): _deep_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_deep_plain(v) for v in value]
+    return value
+
+
+def _json_reference(ground_truth: Any) -> str:
+    """A structured ground truth (dict, list, or a JSON string of one) as one JSON document."""
+    value = _deep_plain(_maybe_json(ground_truth))
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise GroundTruthError(f"ground_truth is not JSON data: {exc}") from None
+
+
 def _reference(ground_truth: Any) -> str:
     value = _plain(ground_truth)
     if isinstance(value, list) and len(value) == 1:
@@ -184,10 +209,10 @@ class VerlReward:
     scored; such records carry ``scored=False`` so they can be masked (docs/integrations.md).
     """
 
-    def __init__(self, scorer: Scorer | None = None, *, table: DataSourceTable = DEFAULT_TABLE,
+    def __init__(self, scorer: Scorer | None = None, *, table: DataSourceTable | None = None,
                  unscored_score: float = 0.0) -> None:
         self.scorer = scorer or Scorer()
-        self.table = table
+        self.table = table if table is not None else DEFAULT_TABLE.with_rules(registry_rules(self.scorer.registry))
         self.unscored_score = float(unscored_score)
 
     # ---- verl's two calling conventions ------------------------------------------------------
@@ -249,7 +274,12 @@ class VerlReward:
         try:
             needs_tests = "tests" in spec.required_fields
             tests = code_tests(ground_truth, extra) if needs_tests else None
-            reference = None if needs_tests else _reference(ground_truth)
+            if needs_tests:
+                reference = None
+            elif spec.reference_format == "json":
+                reference = _json_reference(ground_truth)
+            else:
+                reference = _reference(ground_truth)
         except GroundTruthError as exc:
             return domain, Score.unscored(f"{where}: {exc}")
         return domain, Sample(
@@ -341,8 +371,9 @@ def _build(settings: Mapping[str, Any]) -> VerlReward:
     rules = {k: settings[k] for k in ("require_think", "max_response_chars") if k in settings}
     if rules:
         config = replace(config, format_rules=replace(config.format_rules, **rules))
-    table = DEFAULT_TABLE.with_rules(settings.get("data_source_map") or {})
-    return VerlReward(Scorer(config), table=table, unscored_score=float(settings.get("unscored_score", 0.0)))
+    scorer = Scorer(config)
+    table = DEFAULT_TABLE.with_rules(registry_rules(scorer.registry)).with_rules(settings.get("data_source_map") or {})
+    return VerlReward(scorer, table=table, unscored_score=float(settings.get("unscored_score", 0.0)))
 
 
 def bounded_workers(domain_options: Mapping[str, Mapping[str, Any]], reward_workers: int,
