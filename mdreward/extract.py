@@ -5,7 +5,11 @@ a training reward and an evaluation score. Nothing here judges correctness.
 """
 from __future__ import annotations
 
+import ast
 import re
+import textwrap
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .types import FormatRules
@@ -174,3 +178,144 @@ def garbled_reason(text: str) -> str | None:
             if unit.strip() and tail.endswith(unit * (400 // period)):
                 return f"the answer ends in a loop repeating {unit!r}"
     return None
+
+
+@dataclass(frozen=True)
+class ChoiceAnswer:
+    """The option letter a multiple-choice answer gives (upper case), with every candidate of its rule."""
+
+    letter: str
+    source: str  # "boxed", "answer_phrase" or "last_line"
+    candidates: tuple[str, ...]
+
+    @property
+    def is_hedge(self) -> bool:
+        """Several different letters were given: never counted as correct."""
+        return len(set(self.candidates)) > 1
+
+
+_OPTION_MARK = "\x00option\x00"
+_LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|textit)\s*\{([^{}]*)\}")
+_LETTER_ALONE = re.compile(r"^[(\[]?([A-Za-z])[)\]]?[.:)]?$")
+_LETTER_WITH_TEXT = re.compile(r"^[(\[]?([A-Z])[)\].:]\s+\S")
+_SEPARATOR = re.compile(r"\s*(?:,|/|;|&|\bor\b|\band\b)\s*")
+_ANSWER_PHRASE = re.compile(
+    r"(?i:\b(?:final\s+answer|answer|correct\s+(?:option|choice))(?:\s+is)?(?:\s+(?:option|choice))?)"
+    r"\s*[:：]?\s*(?:\*\*|\$)?\s*(?=(.*))")
+_STANDALONE = re.compile(r"(?<![\w'’\\])(?:\(([A-Za-z])\)|([A-Z]))(?![\w'’])")
+_TOKEN = r"(?:\([A-Za-z]\)|\[[A-Za-z]\]|[A-Z](?![\w'’]))"
+_LEADING_LETTERS = re.compile(rf"^{_TOKEN}(?:\s*(?:,|/|;|&|\bor\b|\band\b)\s*{_TOKEN})*")
+_OPTION_LINE = re.compile(r"^\W*[(\[]?[A-Z][)\].:]\s*" + re.escape(_OPTION_MARK) + r"\W*$")
+
+
+def _blank_options(text: str, options: Sequence[str]) -> str:
+    """``text`` with every occurrence of an option's text replaced by a mark (longest first).
+
+    Option texts without two letters or digits (``"C"``, ``"I"``) are left alone: blanking them
+    would erase letters.
+    """
+    for option in sorted({o.strip() for o in options}, key=len, reverse=True):
+        if sum(ch.isalnum() for ch in option) >= 2:
+            text = text.replace(option, _OPTION_MARK)
+    return text
+
+
+def _letters_in(fragment: str) -> tuple[str, ...]:
+    """The letters a short answer fragment gives: ``B``, ``(b)``, ``B.``, ``B) text``, ``A or B`` ..."""
+    text = _LATEX_WRAPPER.sub(r"\1", fragment)
+    text = text.replace("$", "").replace("*", "").strip()
+    whole = _LETTER_ALONE.match(text) or _LETTER_WITH_TEXT.match(text)
+    if whole:
+        return (whole.group(1).upper(),)
+    parts = [p for p in _SEPARATOR.split(text) if p]
+    if len(parts) > 1 and all(_LETTER_ALONE.match(p) for p in parts):
+        return tuple(_LETTER_ALONE.match(p).group(1).upper() for p in parts)  # type: ignore[union-attr]
+    return ()
+
+
+_VERB_AFTER_LETTER = re.compile(r"\s+(?:is|was|seems|fits|matches|holds|must|should|would)\b")
+
+
+def _is_word(rest: str) -> bool:
+    """After a capital ``A``/``I``: a lower-case word makes it an article or a pronoun (``A cat``,
+    ``I think``), unless the word is a verb that states it as the answer (``A is correct``)."""
+    return bool(re.match(r"\s+[a-z]", rest)) and not _VERB_AFTER_LETTER.match(rest)
+
+
+def _phrase_letters(phrase: str) -> tuple[str, ...]:
+    """Letters after an answer phrase: the whole rest of the line as a box's content, else the
+    letters it starts with (``B because ...``, ``(C), since ...``, ``A or B, ...``)."""
+    phrase = phrase.strip()
+    found = _letters_in(phrase.rstrip(".").strip())
+    if found:
+        return found
+    lead = _LEADING_LETTERS.match(_LATEX_WRAPPER.sub(r"\1", phrase).replace("*", "").replace("$", ""))
+    return tuple(t.strip("()[]").upper() for t in re.findall(_TOKEN, lead.group(0))) if lead else ()
+
+
+def choice_letter(after_think: str, options: Sequence[str] = (), letters: str = "ABCDEFGHIJ") -> ChoiceAnswer | FormatViolation:
+    r"""The option letter of a multiple-choice answer, by one rule (docs/choice.md).
+
+    First every occurrence of an option's text is blanked, so text quoted from the options is never
+    read as a letter. Then the first of these that finds a letter decides:
+
+    1. ``boxed``: every ``\boxed{}`` whose content is a letter (``B``, ``(B)``, ``\text{B}``, ``b``,
+       ``B) its text``) or a list of letters (``A or B``); boxes holding anything else are ignored.
+    2. ``answer_phrase``: the last "answer: X" / "answer is (X)" / "final answer: X" / "correct
+       option is X" (case-insensitive phrase), where X is read like a box's content up to the end
+       of its line (a trailing full stop is fine).
+    3. ``last_line``: the standalone letters in ``letters`` on the last non-empty line that is not a
+       restated option (``A) <option text>``): capitals not inside a word (``B``, ``B.``, ``**B**``),
+       or any case in parentheses (``(b)``); ``A``/``I`` followed by a lower-case word are an
+       article/pronoun, not a letter (unless the word is a verb like ``is``: ``A is correct``).
+
+    All candidates of the deciding step are kept: several different letters are a hedge (wrong).
+    No letter at all is a ``FormatViolation``. Letters outside ``letters`` are returned (as wrong
+    answers) by steps 1 and 2 only.
+    """
+    text = _blank_options(after_think, options)
+    boxed = tuple(letter for content in boxed_contents(text) for letter in _letters_in(content))
+    if boxed:
+        return ChoiceAnswer(boxed[-1], "boxed", boxed)
+    phrases = [m.group(1) for m in _ANSWER_PHRASE.finditer(text)]
+    for phrase in reversed(phrases):
+        found = _phrase_letters(phrase)
+        if found:
+            return ChoiceAnswer(found[-1], "answer_phrase", found)
+    lines = [line for line in text.splitlines() if line.strip() and not _OPTION_LINE.match(line)]
+    if lines:
+        last = lines[-1]
+        found = tuple(
+            (m.group(1) or m.group(2)).upper() for m in _STANDALONE.finditer(last)
+            if (m.group(1) or m.group(2)).upper() in letters
+            and not (m.group(2) in ("A", "I") and _is_word(last[m.end():])))
+        if found:
+            return ChoiceAnswer(found[-1], "last_line", found)
+    return FormatViolation("no option letter in the answer (no \\boxed{X}, no 'Answer: X', no letter on the last line)")
+
+
+def _defines_function(code: str, name: str) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name for node in module.body)
+
+
+def complete_function(code: str, prefix: str, entry_point: str) -> str:
+    """The program of a function-completion answer (HumanEval): ``code`` itself when it defines
+    ``entry_point`` at top level; else, when ``code`` is only the function's body, ``prefix`` (the
+    prompt: imports, signature, docstring) followed by the body (indented one level if the model
+    wrote it flush left); else ``code`` unchanged (it then fails on its own)."""
+    if _defines_function(code, entry_point):
+        return code
+    body = code.strip("\n")
+    lines = [line for line in body.splitlines() if line.strip()]
+    if not lines:
+        return code
+    if not lines[0][0].isspace():
+        body = textwrap.indent(body, "    ")
+    program = prefix.rstrip() + "\n" + body + "\n"
+    return program if _defines_function(program, entry_point) else code

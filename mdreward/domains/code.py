@@ -5,7 +5,7 @@ run) -0.5; no code block, or code that does not parse, -1.0. A sandbox that cann
 keeps failing makes the sample unscored, never wrong.
 
 The record's ``tests`` field (see docs/code.md) is one of
-``{"assert": "<python>", "entry_point": "name", "setup": "<python>"}`` or
+``{"assert": "<python>", "entry_point": "name", "setup": "<python>", "prefix": "<python>"}`` or
 ``{"stdio": [{"input": "...", "output": "..."}, ...], "float_tol": 1e-6}``.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import warnings
 from typing import Any, Mapping, Sequence
 
-from ..extract import FormatViolation, last_code_block, split_think
+from ..extract import FormatViolation, complete_function, last_code_block, split_think
 from ..registry import DomainSpec, DomainUnavailable
 from ..sandbox import (AssertJob, Job, LocalSandbox, RunResult, Sandbox, SandboxError, SandboxLimits,
                        SandboxUnavailable, StdioCase, StdioJob, TestStep)
@@ -91,6 +91,8 @@ def job_for(tests: Mapping[str, Any] | None, code: str, *, stop_first: bool) -> 
             raise TestsFieldError("tests.entry_point must be a string")
         if not isinstance(setup, str):
             raise TestsFieldError("tests.setup must be a string")
+        if "prefix" in tests and (not isinstance(tests["prefix"], str) or not entry_point):
+            raise TestsFieldError("tests.prefix must be a string, and needs tests.entry_point")
         if setup:
             try:
                 ast.parse(setup)
@@ -177,6 +179,8 @@ class CodeDomain:
         code = last_code_block(split.after)
         if isinstance(code, FormatViolation):
             return Score.format_error(self.table["format_error"], code.reason)
+        if isinstance(sample.tests, Mapping) and "prefix" in sample.tests:  # a body-only answer gets its header
+            code = complete_function(code, sample.tests["prefix"], sample.tests["entry_point"])
         problem = _syntax_problem(code)
         if problem:
             return Score.format_error(self.table["format_error"], problem, code_chars=len(code))

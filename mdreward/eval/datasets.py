@@ -43,9 +43,10 @@ import io
 import json
 import random
 import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypedDict
+from typing import Any, TypedDict
 
 from ..types import Sample
 
