@@ -162,11 +162,17 @@ def sample_value(domain: str, score: Score) -> float | None:
     return 100.0 if score.components.get("correct") is True else 0.0
 
 
-def sample_result(response: str, domain: str, score: Score) -> dict[str, Any]:
-    """What the per-sample log keeps for one repeat."""
-    out = {"response": response, "value": sample_value(domain, score), **score.to_json()}
-    out["answer"] = score.answer
-    return out
+def sample_result(response: str, domain: str, score: Score) -> str:
+    """What the per-sample log keeps for one repeat, as a JSON object (lm-eval logs filtered responses as text):
+    ``response``, ``value`` (percent, null when unscored), ``reward``, ``status``, ``components``, ``answer`` and
+    ``error`` when there is one."""
+    out = {"response": response, "value": sample_value(domain, score), **score.to_json(), "answer": score.answer}
+    return json.dumps(out, default=str)
+
+
+def parse_sample_result(text: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(text)
+    return result
 
 
 class ScoreWithMdreward:
@@ -175,7 +181,7 @@ class ScoreWithMdreward:
     def __init__(self, **_: Any) -> None:
         pass
 
-    def apply(self, resps: Sequence[Sequence[str]], docs: Sequence[Mapping[str, Any]]) -> list[list[dict[str, Any]]]:
+    def apply(self, resps: Sequence[Sequence[str]], docs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
         from tqdm import tqdm
 
         items = [item_of(doc) for doc in docs]
@@ -194,9 +200,9 @@ class ScoreWithMdreward:
         return [[next(results) for _ in responses] for responses in resps]
 
 
-def process_results(doc: Mapping[str, Any], results: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+def process_results(doc: Mapping[str, Any], results: Sequence[Sequence[str]]) -> dict[str, Any]:
     """Per document: the values of its scored samples and the count of its unscored ones."""
-    samples = list(results[0])
+    samples = [parse_sample_result(text) for text in results[0]]
     values = [float(s["value"]) for s in samples if s.get("value") is not None]
     return {"score": values, "score_se": values, "samples": len(samples), "unscored": len(samples) - len(values)}
 
