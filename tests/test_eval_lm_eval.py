@@ -66,7 +66,7 @@ def run(command: list[str], timeout: float = 600) -> subprocess.CompletedProcess
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    out = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
     return out
 
 

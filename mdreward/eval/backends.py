@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 SEEDED_BACKENDS = {"local-completions": "mdreward-local-completions",
                    "local-chat-completions": "mdreward-local-chat-completions"}

@@ -19,8 +19,9 @@ import json
 import math
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from ..scoring import Scorer, ScoringConfig
 from ..types import FormatRules, Score
@@ -48,7 +49,7 @@ class ScoringSettings:
     think_in_prompt: bool = False
 
     @classmethod
-    def from_metadata(cls, metadata: Mapping[str, Any]) -> "ScoringSettings":
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> ScoringSettings:
         return cls(judge_url=metadata.get("judge_url") or None, judge_model=metadata.get("judge_model") or None,
                    require_think=_flag(metadata.get("require_think", False)),
                    think_in_prompt=_flag(metadata.get("think_in_prompt", False)))

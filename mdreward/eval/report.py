@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 TASKS = ("cgpo_math500", "cgpo_amc23", "cgpo_humaneval", "cgpo_mbpp", "cgpo_gpqa_diamond", "cgpo_supergpqa",
          "cgpo_writingbench")
@@ -36,7 +37,7 @@ def _number(value: Any) -> float | None:
 
 def task_summary(metrics: Mapping[str, Any], items: int, filter_name: str) -> dict[str, Any]:
     """One task's entry of ``summary.json`` from its lm-eval result metrics."""
-    key = lambda name: f"{name},{filter_name}"  # noqa: E731
+    key = lambda name: f"{name},{filter_name}"
     score = _number(metrics.get(key("score")))
     entry: dict[str, Any] = {"score": score, "items": items, "samples": int(metrics.get(key("samples"), 0)),
                              "unscored": int(metrics.get(key("unscored"), 0)),
