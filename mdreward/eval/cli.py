@@ -133,7 +133,7 @@ def run_lm_eval(args: argparse.Namespace, tasks: list[str]) -> dict[str, Any]:
 
 
 def build_summary(args: argparse.Namespace, results: dict[str, Any], skipped: dict[str, str],
-                  timing: dict[str, float]) -> dict[str, Any]:
+                  timing: dict[str, Any]) -> dict[str, Any]:
     tasks: dict[str, Any] = {}
     for task in expand_tasks(args.tasks):
         if task in skipped:

@@ -112,14 +112,20 @@ class RunTiming:
     def reset(self) -> None:
         self.loading_s = 0.0
         self.scoring_s = 0.0
+        self.scoring_s_by_benchmark: dict[str, float] = {}
 
-    def report(self, total_s: float) -> dict[str, float]:
+    def add_scoring(self, benchmark: str, seconds: float) -> None:
+        self.scoring_s += seconds
+        self.scoring_s_by_benchmark[benchmark] = self.scoring_s_by_benchmark.get(benchmark, 0.0) + seconds
+
+    def report(self, total_s: float) -> dict[str, Any]:
         """``generation_s`` is the rest of the run: model start-up, prompt rendering and generation."""
         generation_s = max(total_s - self.loading_s - self.scoring_s, 0.0)
         share = self.scoring_s / generation_s if generation_s > 0 else math.nan
         return {"total_s": round(total_s, 3), "loading_s": round(self.loading_s, 3),
                 "scoring_s": round(self.scoring_s, 3), "generation_s": round(generation_s, 3),
-                "scoring_share_of_generation": round(share, 4)}
+                "scoring_share_of_generation": round(share, 4),
+                "scoring_s_by_benchmark": {k: round(v, 3) for k, v in self.scoring_s_by_benchmark.items()}}
 
 
 TIMING = RunTiming()
@@ -196,7 +202,7 @@ class ScoreWithMdreward:
                 chunk = flat[start:start + SCORING_CHUNK]
                 scores += scorer.score_batch([sample_for(item, response) for item, response in chunk])
                 bar.update(len(chunk))
-        TIMING.scoring_s += time.perf_counter() - started
+        TIMING.add_scoring(str(benchmark), time.perf_counter() - started)
         results = iter(sample_result(response, item["domain"], score) for (item, response), score in zip(flat, scores))
         return [[next(results) for _ in responses] for responses in resps]
 
