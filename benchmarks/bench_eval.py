@@ -22,18 +22,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import SHARED_DATA, markdown_table, save  # noqa: E402
+from common import markdown_table, save  # noqa: E402
+from eval_support import offline_data_dir  # noqa: E402
 from judge_server import JudgeServer, ScriptedEngine  # noqa: E402
 from judge_support import route_script, smollm2_location  # noqa: E402
-from test_eval_datasets import write_supergpqa_fixture  # noqa: E402
-
-
-def data_folder() -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="mdreward-bench-eval-"))
-    for name in ("math500", "amc23", "humaneval", "mbpp", "gpqa", "writingbench"):
-        (folder / name).symlink_to(SHARED_DATA / name)
-    write_supergpqa_fixture(folder)
-    return folder
 
 
 def main() -> None:
@@ -48,7 +40,8 @@ def main() -> None:
     with JudgeServer(ScriptedEngine(route_script)) as critic:
         subprocess.run([sys.executable, "-m", "mdreward.cli", "eval", "--model", "hf", "--model-args",
                         f"pretrained={directory},gguf_file={gguf},device=cpu", "--tasks", args.tasks,
-                        "--limit", args.limit, "--max-gen-toks", args.max_gen_toks, "--data-dir", str(data_folder()),
+                        "--limit", args.limit, "--max-gen-toks", args.max_gen_toks, "--data-dir",
+                        str(offline_data_dir(Path(tempfile.mkdtemp(prefix="mdreward-bench-eval-")) / "data")),
                         "--judge-url", critic.url, "--judge-model", critic.model, "--output-dir", str(out)],
                        check=True, env=env, cwd=ROOT)
     summary = json.loads((out / "summary.json").read_text())

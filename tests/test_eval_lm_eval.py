@@ -35,15 +35,11 @@ GEN_TOKENS = "16"   # enough for different samples; keeps CPU time small
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from test_eval_datasets import SHARED_DATA, write_supergpqa_fixture
+    from eval_support import offline_data_dir, shared_data_present
 
-    if not (SHARED_DATA / "math500" / "test.jsonl").exists():
+    if not shared_data_present():
         pytest.skip("shared data absent")
-    folder = tmp_path_factory.mktemp("data")
-    for name in ("math500", "amc23", "humaneval", "mbpp", "gpqa", "writingbench"):
-        (folder / name).symlink_to(SHARED_DATA / name)
-    write_supergpqa_fixture(folder)
-    return folder
+    return offline_data_dir(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

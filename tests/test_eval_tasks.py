@@ -17,13 +17,12 @@ lm_eval = pytest.importorskip("lm_eval")
 
 @pytest.fixture(scope="module")
 def loaded_tasks(tmp_path_factory):
+    from eval_support import offline_data_dir, shared_data_present
     from lm_eval.tasks import TaskManager
-    from test_eval_datasets import SHARED_DATA, write_supergpqa_fixture
 
-    folder = tmp_path_factory.mktemp("data")
-    for name in ("math500", "amc23", "humaneval", "mbpp", "gpqa", "writingbench"):
-        (folder / name).symlink_to(SHARED_DATA / name)
-    write_supergpqa_fixture(folder)
+    if not shared_data_present():
+        pytest.skip("shared data absent")
+    folder = offline_data_dir(tmp_path_factory.mktemp("data"))
     manager = TaskManager(include_path=str(TASKS_PATH), include_defaults=False, metadata={"data_dir": str(folder)})
     return manager.load(["cgpo_seven"])
 
@@ -49,19 +48,16 @@ def test_paper_settings_survive_task_loading(loaded_tasks, name):
 
 def test_task_files_do_not_depend_on_the_working_directory(tmp_path):
     """Documents come from a loader function: loading works from any directory (no relative data_files)."""
-    code = ("from lm_eval.tasks import TaskManager; import sys;"
-            f"m = TaskManager(include_path={str(TASKS_PATH)!r}, include_defaults=False,"
-            f" metadata={{'data_dir': {str(harness_data_dir())!r}}});"
-            "t = m.load(['cgpo_math500'])['tasks']['cgpo_math500']; print(len(t.test_docs()))")
-    out = subprocess.run([sys.executable, "-c", code], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "500"
-
-
-def harness_data_dir():
     from test_eval_datasets import SHARED_DATA
 
-    return SHARED_DATA
+    code = ("from lm_eval.tasks import TaskManager; import sys;"
+            f"m = TaskManager(include_path={str(TASKS_PATH)!r}, include_defaults=False,"
+            f" metadata={{'data_dir': {str(SHARED_DATA)!r}}});"
+            "t = m.load(['cgpo_math500'])['tasks']['cgpo_math500']; print(len(t.test_docs()))")
+    out = subprocess.run([sys.executable, "-c", code], check=False, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "500"
 
 
 def _doc(item: dict) -> dict:
