@@ -171,3 +171,23 @@ def test_writingbench_without_a_judge_is_a_clear_error_not_a_zero(tmp_path, caps
     assert entry["score"] is None and "--judge-url" in entry["error"]
     assert summary["avg"] is None
     assert "--judge-url" in capsys.readouterr().err
+
+
+def test_lm_eval_command_line_with_seeded_backend(tmp_path):
+    """lm-eval's own CLI (through the wrapper that registers the seeded backends) against a real HTTP server."""
+    from judge_server import JudgeServer, ScriptedEngine
+    from test_eval_datasets import SHARED_DATA
+
+    reply = "Converting: r = 3 and theta = pi/2, so \\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}"
+    with JudgeServer(ScriptedEngine(lambda prompt: reply), model="scripted") as server:
+        out = subprocess.run(
+            [sys.executable, "-m", "mdreward.eval.lm_eval_cli", "--model", "mdreward-local-chat-completions",
+             "--model_args", f"base_url={server.url}/chat/completions,model=scripted,max_retries=1",
+             "--include_path", str(TASKS_PATH), "--tasks", "cgpo_math500", "--limit", "1", "--apply_chat_template",
+             "--metadata", json.dumps({"data_dir": str(SHARED_DATA)}), "--output_path", str(tmp_path)],
+            check=False, capture_output=True, text=True, timeout=300)
+        seeds = [body["seed"] for body in server.faults.bodies]
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(seeds) == sorted(backends.repeat_seed(1234, "math500/test/precalculus/807.json", k) for k in range(4))
+    results = json.loads(next(tmp_path.rglob("results_*.json")).read_text())["results"]["cgpo_math500"]
+    assert (results["score,mdreward"], results["samples,mdreward"], results["unscored,mdreward"]) == (100.0, 4, 0)

@@ -6,8 +6,9 @@ prompt: "4 samples" would be one sample counted four times. ``mdreward-local-com
 ``mdreward-local-chat-completions`` are those backends with one change: request ``k`` (0-based repeat index)
 for the document with id ``ID`` carries ``seed = (base_seed + crc32(ID) + k) mod 2**31``, where ``base_seed`` is
 the backend's ``seed`` model argument. The seed does not depend on ``--limit``, batch order or concurrency.
-``mdreward eval`` uses them in place of the stock names; with plain ``lm_eval`` name them in ``--model``
-(importing the cgpo task files registers them).
+``mdreward eval`` uses them in place of the stock names. lm-eval builds the model before it reads task files, so
+with lm-eval's own command line use ``python -m mdreward.eval.lm_eval_cli --model mdreward-local-chat-completions ...``
+(lm-eval's CLI with these registered).
 """
 from __future__ import annotations
 

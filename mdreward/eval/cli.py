@@ -26,7 +26,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-args", default="", help="the backend's arguments, e.g. pretrained=PATH,dtype=bfloat16")
     parser.add_argument("--tasks", default=GROUP, help=f"{GROUP} or a comma-separated list of {', '.join(report.TASKS)}")
     parser.add_argument("--limit", type=float, help="first N items of each task (a fraction below 1)")
-    parser.add_argument("--data-dir", help="read the benchmarks from this folder instead of the hub (docs/eval.md)")
+    parser.add_argument("--data-dir", help="read the benchmarks from this folder instead of the hub (docs/evaluation-data.md)")
     parser.add_argument("--judge-url", help="OpenAI-compatible endpoint serving WritingBench's critic model")
     parser.add_argument("--judge-model", help="the critic's model name at --judge-url")
     parser.add_argument("--samples", type=int, default=harness.PAPER_SAMPLES, help="samples per query (paper: 4)")
