@@ -14,7 +14,6 @@ The task files in ``mdreward/eval/tasks/`` point here (through ``tasks/utils.py`
 """
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import threading
@@ -70,37 +69,24 @@ def _flag(value: Any) -> bool:
     return bool(value)
 
 
-class _ScorerHolder:
-    """One scorer per process and settings (domains keep workers and clients warm across tasks)."""
+class _SettingsHolder:
+    """The scoring settings of this process's run (set by each task's loader from the run's metadata)."""
 
     def __init__(self) -> None:
         self.settings = ScoringSettings()
-        self._scorer: Scorer | None = None
-        self._scorer_settings: ScoringSettings | None = None
         self._lock = threading.Lock()
-        atexit.register(self.close)
 
     def configure(self, settings: ScoringSettings) -> None:
         with self._lock:
             self.settings = settings
 
     def scorer(self) -> Scorer:
+        """A new scorer for one task's batch (the caller closes it: workers do not outlive the scoring)."""
         with self._lock:
-            if self._scorer is None or self._scorer_settings != self.settings:
-                if self._scorer is not None:
-                    self._scorer.close()
-                self._scorer = Scorer(self.settings.scoring_config())
-                self._scorer_settings = self.settings
-            return self._scorer
-
-    def close(self) -> None:
-        with self._lock:
-            if self._scorer is not None:
-                self._scorer.close()
-                self._scorer = None
+            return Scorer(self.settings.scoring_config())
 
 
-SCORERS = _ScorerHolder()
+RUN_SETTINGS = _SettingsHolder()
 
 
 class RunTiming:
@@ -141,7 +127,7 @@ def load_docs(benchmark: str, data_dir: str | None = None, **metadata: Any) -> A
     import datasets
 
     started = time.perf_counter()
-    SCORERS.configure(ScoringSettings.from_metadata(metadata))
+    RUN_SETTINGS.configure(ScoringSettings.from_metadata(metadata))
     items = load_benchmark(benchmark, data_dir or None)
     columns = {"id": [item["id"] for item in items], "prompt": [item["prompt"] for item in items],
                "item": [json.dumps(item, sort_keys=True) for item in items]}
@@ -194,10 +180,10 @@ class ScoreWithMdreward:
         items = [item_of(doc) for doc in docs]
         flat = [(item, str(response)) for item, responses in zip(items, resps) for response in responses]
         started = time.perf_counter()
-        scorer = SCORERS.scorer()
         benchmark = items[0]["metadata"].get("benchmark", items[0]["domain"]) if items else ""
         scores: list[Score] = []
-        with tqdm(total=len(flat), desc=f"Scoring {benchmark} with mdreward", unit="sample") as bar:
+        bar = tqdm(total=len(flat), desc=f"Scoring {benchmark} with mdreward", unit="sample")
+        with RUN_SETTINGS.scorer() as scorer, bar:
             for start in range(0, len(flat), SCORING_CHUNK):
                 chunk = flat[start:start + SCORING_CHUNK]
                 scores += scorer.score_batch([sample_for(item, response) for item, response in chunk])
