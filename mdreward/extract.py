@@ -83,26 +83,38 @@ def answer_tags(text: str) -> list[str]:
     return [m.strip() for m in _ANSWER_TAG.findall(text)]
 
 
+_BARE_TOKEN = re.compile(r"[^\s$]+")
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """Position of every ``{`` that is closed -> position of its ``}`` (one pass: hostile text with
+    thousands of unterminated boxes stays linear)."""
+    opened: list[int] = []
+    pairs: dict[int, int] = {}
+    for i, ch in enumerate(text):
+        if ch == "{":
+            opened.append(i)
+        elif ch == "}" and opened:
+            pairs[opened.pop()] = i
+    return pairs
+
+
 def boxed_contents(text: str) -> list[str]:
     r"""Contents of every ``\boxed{...}`` / ``\fbox{...}`` (braces matched; ``\boxed 5`` too), in order.
 
     An unterminated ``\boxed{`` yields nothing.
     """
     found: list[str] = []
+    closing: dict[int, int] | None = None
     for match in _BOXED.finditer(text):
         start = match.end()
         if start < len(text) and text[start] == "{":
-            depth = 0
-            for i in range(start, len(text)):
-                if text[i] == "{":
-                    depth += 1
-                elif text[i] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        found.append(text[start + 1:i].strip())
-                        break
+            if closing is None:
+                closing = _matching_braces(text)
+            if start in closing:
+                found.append(text[start + 1:closing[start]].strip())
         elif match.group(0).endswith(" ") or match.group(0).endswith("\t"):
-            token = re.match(r"[^\s$]+", text[start:])
+            token = _BARE_TOKEN.match(text, start)
             if token:
                 found.append(token.group(0))
     return [f for f in found if f]
@@ -198,13 +210,14 @@ _OPTION_MARK = "\x00option\x00"
 _LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|textit)\s*\{([^{}]*)\}")
 _LETTER_ALONE = re.compile(r"^[(\[]?([A-Za-z])[)\]]?[.:)]?$")
 _LETTER_WITH_TEXT = re.compile(r"^[(\[]?([A-Z])[)\].:]\s+\S")
-_SEPARATOR = re.compile(r"\s*(?:,|/|;|&|\bor\b|\band\b)\s*")
+_LIST_SEPARATOR = r"\s*(?:,|/|;|&|\bor\b|\band\b)\s*"
+_SEPARATOR = re.compile(_LIST_SEPARATOR)
 _ANSWER_PHRASE = re.compile(
     r"(?i:\b(?:final\s+answer|answer|correct\s+(?:option|choice))(?:\s+is)?(?:\s+(?:option|choice))?)"
-    r"\s*[:：]?\s*(?:\*\*|\$)?\s*(?=(.*))")
+    r"\s*[:：]?\s*(?:\*\*|\$)?\s*(?=([^\n]{0,200}))")
 _STANDALONE = re.compile(r"(?<![\w'’\\])(?:\(([A-Za-z])\)|([A-Z]))(?![\w'’])")
 _TOKEN = r"(?:\([A-Za-z]\)|\[[A-Za-z]\]|[A-Z](?![\w'’]))"
-_LEADING_LETTERS = re.compile(rf"^{_TOKEN}(?:\s*(?:,|/|;|&|\bor\b|\band\b)\s*{_TOKEN})*")
+_LEADING_LETTERS = re.compile(rf"^{_TOKEN}(?:{_LIST_SEPARATOR}{_TOKEN})*")
 _OPTION_LINE = re.compile(r"^\W*[(\[]?[A-Z][)\].:]\s*" + re.escape(_OPTION_MARK) + r"\W*$")
 
 
@@ -227,19 +240,22 @@ def _letters_in(fragment: str) -> tuple[str, ...]:
     whole = _LETTER_ALONE.match(text) or _LETTER_WITH_TEXT.match(text)
     if whole:
         return (whole.group(1).upper(),)
-    parts = [p for p in _SEPARATOR.split(text) if p]
-    if len(parts) > 1 and all(_LETTER_ALONE.match(p) for p in parts):
-        return tuple(_LETTER_ALONE.match(p).group(1).upper() for p in parts)  # type: ignore[union-attr]
+    if len(text) > 80:  # ten letters with separators fit in far less
+        return ()
+    matches = [_LETTER_ALONE.match(p) for p in _SEPARATOR.split(text) if p]
+    if len(matches) > 1 and all(matches):
+        return tuple(m.group(1).upper() for m in matches if m)
     return ()
 
 
 _VERB_AFTER_LETTER = re.compile(r"\s+(?:is|was|seems|fits|matches|holds|must|should|would)\b")
+_LOWER_WORD_AFTER = re.compile(r"\s+[a-z]")
 
 
-def _is_word(rest: str) -> bool:
-    """After a capital ``A``/``I``: a lower-case word makes it an article or a pronoun (``A cat``,
-    ``I think``), unless the word is a verb that states it as the answer (``A is correct``)."""
-    return bool(re.match(r"\s+[a-z]", rest)) and not _VERB_AFTER_LETTER.match(rest)
+def _is_word(line: str, end: int) -> bool:
+    """After a capital ``A``/``I`` ending at ``end``: a lower-case word makes it an article or a pronoun
+    (``A cat``, ``I think``), unless the word is a verb that states it as the answer (``A is correct``)."""
+    return bool(_LOWER_WORD_AFTER.match(line, end)) and not _VERB_AFTER_LETTER.match(line, end)
 
 
 def _phrase_letters(phrase: str) -> tuple[str, ...]:
@@ -253,7 +269,8 @@ def _phrase_letters(phrase: str) -> tuple[str, ...]:
     return tuple(t.strip("()[]").upper() for t in re.findall(_TOKEN, lead.group(0))) if lead else ()
 
 
-def choice_letter(after_think: str, options: Sequence[str] = (), letters: str = "ABCDEFGHIJ") -> ChoiceAnswer | FormatViolation:
+def choice_letter(after_think: str, options: Sequence[str] = (),
+                  letters: str = "ABCDEFGHIJ") -> ChoiceAnswer | FormatViolation:
     r"""The option letter of a multiple-choice answer, by one rule (docs/choice.md).
 
     First every occurrence of an option's text is blanked, so text quoted from the options is never
@@ -262,8 +279,8 @@ def choice_letter(after_think: str, options: Sequence[str] = (), letters: str = 
     1. ``boxed``: every ``\boxed{}`` whose content is a letter (``B``, ``(B)``, ``\text{B}``, ``b``,
        ``B) its text``) or a list of letters (``A or B``); boxes holding anything else are ignored.
     2. ``answer_phrase``: the last "answer: X" / "answer is (X)" / "final answer: X" / "correct
-       option is X" (case-insensitive phrase), where X is read like a box's content up to the end
-       of its line (a trailing full stop is fine).
+       option is X" (case-insensitive phrase), where X is the rest of its line (at most 200
+       characters) read like a box's content, else the letters it starts with.
     3. ``last_line``: the standalone letters in ``letters`` on the last non-empty line that is not a
        restated option (``A) <option text>``): capitals not inside a word (``B``, ``B.``, ``**B**``),
        or any case in parentheses (``(b)``); ``A``/``I`` followed by a lower-case word are an
@@ -288,7 +305,7 @@ def choice_letter(after_think: str, options: Sequence[str] = (), letters: str = 
         found = tuple(
             (m.group(1) or m.group(2)).upper() for m in _STANDALONE.finditer(last)
             if (m.group(1) or m.group(2)).upper() in letters
-            and not (m.group(2) in ("A", "I") and _is_word(last[m.end():])))
+            and not (m.group(2) in ("A", "I") and _is_word(last, m.end())))
         if found:
             return ChoiceAnswer(found[-1], "last_line", found)
     return FormatViolation("no option letter in the answer (no \\boxed{X}, no 'Answer: X', no letter on the last line)")

@@ -62,3 +62,27 @@ def test_bad_records_are_unscored_whatever_the_response(scorer, reference, optio
 def test_reference_letter_forms_and_no_options(scorer):
     assert scorer.score(choice("<think>x</think> \\boxed{b}", reference="(B)", options=None)).reward == 1.0
     assert scorer.score(choice("<think>x</think> \\boxed{J}", reference="j", options=None)).reward == 1.0
+
+
+HOSTILE = {
+    "answer phrases": "answer " * 28_000,
+    "unterminated boxes": "\\boxed{" * 28_000,
+    "bare boxes": "\\boxed " * 25_000,
+    "capital letters": "A " * 100_000,
+    "articles": "A cat " * 33_000,
+    "hedged phrases": "Answer: A or " * 15_000,
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_extraction_stays_linear_on_hostile_answers(name):
+    """200k-character answers (the response cap) finish in well under the seconds a quadratic scan takes."""
+    import time
+
+    from mdreward.extract import final_answer
+
+    text = HOSTILE[name]
+    started = time.perf_counter()
+    choice_letter(text, OPTIONS, "ABCD")
+    final_answer(text)
+    assert time.perf_counter() - started < 10

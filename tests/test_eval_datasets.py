@@ -248,3 +248,35 @@ def test_mbpp_reference_code_passes_and_a_wrong_one_fails(data_dir, code_scorer)
                for i in items]
     samples.append(sample_for(items[0], "<think>x</think>\n```python\ndef remove_Occ(s, ch):\n    return s\n```"))
     assert [s.reward for s in code_scorer.score_batch(samples)] == [1.0, 1.0, 1.0, -0.5]
+
+
+def test_complete_function_rules():
+    from mdreward.extract import complete_function
+
+    prefix = "def inc(x):\n    \"\"\"Add one.\"\"\"\n"
+    whole = "def inc(x):\n    return x + 1\n"
+    assert complete_function(whole, prefix, "inc") == whole
+    assert complete_function("    return x + 1\n", prefix, "inc") == prefix.rstrip() + "\n    return x + 1\n"
+    assert complete_function("return x + 1", prefix, "inc") == prefix.rstrip() + "\n    return x + 1\n"
+    assert complete_function("  return (\n", prefix, "inc") == "  return (\n"  # cannot be completed: left as is
+
+
+def test_bad_prefix_field_is_unscored(code_scorer):
+    from mdreward import Sample
+
+    sample = Sample("code", "<think>x</think>\n```python\n    return 1\n```", id="h1",
+                    tests={"assert": "assert f() == 1", "entry_point": "f", "prefix": 7})
+    score = code_scorer.score(sample)
+    assert score.status is Status.ERROR and "tests.prefix" in score.error and "h1" in score.error
+
+
+@needs_data
+def test_code_and_amc_prompts(data_dir):
+    with gzip.open(SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz", "rt") as handle:
+        first = json.loads(handle.readline())
+    item = load_benchmark("humaneval", data_dir)[0]
+    assert f"```python\n{first['prompt']}```" in item["prompt"] and "complete function" in item["prompt"]
+    assert item["tests"] == {"assert": first["test"], "entry_point": first["entry_point"], "setup": first["prompt"],
+                             "prefix": first["prompt"]}
+    amc = load_benchmark("amc23", data_dir)[0]
+    assert amc["prompt"].startswith("Cities $A$ and $B$ are $45$ miles apart.") and "\\boxed{}" in amc["prompt"]
