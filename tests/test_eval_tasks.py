@@ -169,7 +169,7 @@ def test_writingbench_without_a_judge_is_a_clear_error_not_a_zero(tmp_path, caps
     summary = json.loads((tmp_path / "summary.json").read_text())
     entry = summary["tasks"]["cgpo_writingbench"]
     assert entry["score"] is None and "--judge-url" in entry["error"]
-    assert summary["avg"] is None
+    assert summary["avg"] is None and summary["timing"]["scoring_share_of_generation"] is None  # valid JSON, no NaN
     assert "--judge-url" in capsys.readouterr().err
 
 

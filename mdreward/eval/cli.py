@@ -188,7 +188,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         except ImportError as exc:
             print(f"error: mdreward eval needs lm-eval: pip install 'mdreward[eval]' ({exc})", file=sys.stderr)
             return 2
-    total_s = time.perf_counter() - started
+    total_s = time.perf_counter() - started if to_run else 0.0
     timing = harness.TIMING.report(total_s)
     summary = build_summary(args, results, skipped, timing)
     print(report.screen_summary(summary))

@@ -107,10 +107,10 @@ class RunTiming:
     def report(self, total_s: float) -> dict[str, Any]:
         """``generation_s`` is the rest of the run: model start-up, prompt rendering and generation."""
         generation_s = max(total_s - self.loading_s - self.scoring_s, 0.0)
-        share = self.scoring_s / generation_s if generation_s > 0 else math.nan
+        share = round(self.scoring_s / generation_s, 4) if generation_s > 0 else None  # summary.json: no NaN
         return {"total_s": round(total_s, 3), "loading_s": round(self.loading_s, 3),
                 "scoring_s": round(self.scoring_s, 3), "generation_s": round(generation_s, 3),
-                "scoring_share_of_generation": round(share, 4),
+                "scoring_share_of_generation": share,
                 "scoring_s_by_benchmark": {k: round(v, 3) for k, v in self.scoring_s_by_benchmark.items()}}
 
 
