@@ -78,7 +78,7 @@ def table_markdown(summary: Mapping[str, Any], compared: Sequence[tuple[str, Map
     notes = [f"This run: model `{settings.get('model')}` ({settings.get('model_args') or 'no model args'}), "
              f"{settings.get('samples')} samples per query, temperature {settings.get('temperature')}, "
              f"top-p {settings.get('top_p')}, max_gen_toks {settings.get('max_gen_toks')}"
-             + (f", limit {settings['limit']} items per task" if settings.get("limit") else "") + ".",
+             + (f", limit {settings['limit']:g} items per task" if settings.get("limit") else "") + ".",
              "A '-' is a task not run or with no scored sample; AVG is over the tasks run.", PAPER_CITATION]
     return "\n".join(["# Table 1", "", *lines, "", *notes, ""])
 
