@@ -191,3 +191,18 @@ def test_lm_eval_command_line_with_seeded_backend(tmp_path):
     assert sorted(seeds) == sorted(backends.repeat_seed(1234, "math500/test/precalculus/807.json", k) for k in range(4))
     results = json.loads(next(tmp_path.rglob("results_*.json")).read_text())["results"]["cgpo_math500"]
     assert (results["score,mdreward"], results["samples,mdreward"], results["unscored,mdreward"]) == (100.0, 4, 0)
+
+
+def test_think_block_is_stripped_by_default_and_required_on_request():
+    item = {"id": "t/3", "domain": "math", "prompt": "1+1?", "reference": "2", "tests": None,
+            "metadata": {"benchmark": "t"}}
+    responses = [["<think>maybe \\boxed{3}</think> so \\boxed{2}", "\\boxed{2}"]]
+    try:
+        harness.RUN_SETTINGS.configure(harness.ScoringSettings())
+        default = [harness.parse_sample_result(t) for t in harness.ScoreWithMdreward().apply(responses, [_doc(item)])[0]]
+        harness.RUN_SETTINGS.configure(harness.ScoringSettings.from_metadata({"require_think": "true"}))
+        strict = [harness.parse_sample_result(t) for t in harness.ScoreWithMdreward().apply(responses, [_doc(item)])[0]]
+    finally:
+        harness.RUN_SETTINGS.configure(harness.ScoringSettings())
+    assert [r["value"] for r in default] == [100.0, 100.0]  # the answer after </think> counts, not the draft inside
+    assert [r["value"] for r in strict] == [100.0, 0.0] and strict[1]["status"] == "format_error"
