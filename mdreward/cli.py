@@ -1,4 +1,4 @@
-"""The ``mdreward`` command: ``score``, ``domains``, ``example`` (and ``serve`` when installed)."""
+"""The ``mdreward`` command: ``score``, ``domains``, ``example``, ``eval`` (and ``serve`` when installed)."""
 from __future__ import annotations
 
 import argparse
@@ -126,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_commands() -> dict[str, Callable[[argparse.ArgumentParser], None]]:
     """Sub-commands that live with their optional dependencies (e.g. ``serve``)."""
-    commands: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+    from .eval.cli import add_eval_arguments
+
+    commands: dict[str, Callable[[argparse.ArgumentParser], None]] = {"eval": add_eval_arguments}
     try:
         from .integrations.server import add_serve_arguments
     except ImportError:
