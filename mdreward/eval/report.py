@@ -37,7 +37,9 @@ def _number(value: Any) -> float | None:
 
 def task_summary(metrics: Mapping[str, Any], items: int, filter_name: str) -> dict[str, Any]:
     """One task's entry of ``summary.json`` from its lm-eval result metrics."""
-    key = lambda name: f"{name},{filter_name}"
+    def key(name: str) -> str:
+        return f"{name},{filter_name}"
+
     score = _number(metrics.get(key("score")))
     entry: dict[str, Any] = {"score": score, "items": items, "samples": int(metrics.get(key("samples"), 0)),
                              "unscored": int(metrics.get(key("unscored"), 0)),
