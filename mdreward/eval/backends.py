@@ -57,11 +57,11 @@ def register_backends() -> None:
     if SEEDED_BACKENDS["local-completions"] in model_registry:
         return
 
-    class SeededLocalCompletions(LocalCompletionsAPI):  # type: ignore[misc]
+    class SeededLocalCompletions(LocalCompletionsAPI):
         def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
             return list(super().generate_until(with_repeat_seeds(requests, self._seed), disable_tqdm))
 
-    class SeededLocalChatCompletions(LocalChatCompletion):  # type: ignore[misc]
+    class SeededLocalChatCompletions(LocalChatCompletion):
         def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
             return list(super().generate_until(with_repeat_seeds(requests, self._seed), disable_tqdm))
 

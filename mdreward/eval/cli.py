@@ -87,7 +87,7 @@ def redacted(model_args: str) -> str:
 def _task_manager(settings_metadata: dict[str, Any], samples: int) -> Any:
     from lm_eval.tasks import TaskManager
 
-    class SettingsTaskManager(TaskManager):  # type: ignore[misc]
+    class SettingsTaskManager(TaskManager):
         """Only our tasks (no scan of lm-eval's own ~10k), with the run's number of samples per query."""
 
         def load(self, task_list: Any) -> Any:
