@@ -5,9 +5,12 @@ list of micro-batches of one domain) and an ``Objective`` that turns a micro-bat
 never generates, scores, or moves data between devices, so a distributed engine reuses it as is.
 
 Exactness convention: an objective returns each micro-batch's loss as a sum over its units (tokens
-or sequences) plus the unit count. A domain's loss is its summed total over its own units; its
-share of the mini-batch is ``units_k / sum_j units_j``. Then ``sum_k share_k * L_k`` is exactly
-the joint loss of the mini-batch, for every aggregation mode.
+or sequences) plus the unit count. A domain's loss ``L_k`` is its summed total over its own units
+(the configured aggregation, within the domain). Its share of the mini-batch (``share_by``) is, by
+default, its share of the samples, ``n_k / sum_j n_j`` (Algorithm 1's ``|D_k| / sum |D|``);
+``"units"`` uses ``units_k / sum_j units_j`` instead, and then ``sum_k share_k * L_k`` is exactly
+the plain joint loss of the mini-batch for every aggregation mode; ``"micro_batches"`` counts
+micro-batches (the authors' code).
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ class Objective(Protocol):
     """Turns one micro-batch into a loss (``Aggregate``) and metric sums."""
 
     def units(self, micro_batch: Any, /) -> float: ...
+
+    def samples(self, micro_batch: Any, /) -> int: ...
 
     def __call__(self, model: torch.nn.Module, micro_batch: Any, /) -> tuple[Aggregate, dict[str, float]]: ...
 
@@ -70,13 +75,29 @@ def domain_units(batch: DomainBatch, objective: Objective) -> float:
     return float(sum(objective.units(mb) for mb in batch.micro_batches))
 
 
-def shares(batches: Sequence[DomainBatch], objective: Objective) -> dict[str, float]:
-    """Each domain's share of the mini-batch's aggregation units (sequences or tokens)."""
-    units = {b.name: domain_units(b, objective) for b in batches}
-    total = sum(units.values())
-    if total <= 0:
-        raise ValueError("the mini-batch has no units to train on (empty responses?)")
-    return {name: u / total for name, u in units.items()}
+ShareBy = Literal["samples", "units", "micro_batches"]
+SHARE_BY = ("samples", "units", "micro_batches")
+
+
+def check_share_by(share_by: str) -> None:
+    if share_by not in SHARE_BY:
+        raise ValueError(f"share_by must be one of {SHARE_BY}, got {share_by!r}")
+
+
+def shares(batches: Sequence[DomainBatch], objective: Objective, share_by: ShareBy = "samples") -> dict[str, float]:
+    """Each domain's share of the mini-batch: of its samples (default), units (tokens or sequences),
+    or micro-batches."""
+    check_share_by(share_by)
+    if share_by == "samples":
+        counts = {b.name: float(sum(objective.samples(mb) for mb in b.micro_batches)) for b in batches}
+    elif share_by == "units":
+        counts = {b.name: domain_units(b, objective) for b in batches}
+    else:
+        counts = {b.name: float(len(b.micro_batches)) for b in batches}
+    total = sum(counts.values())
+    if total <= 0 or any(domain_units(b, objective) <= 0 for b in batches):
+        raise ValueError("the mini-batch has a domain with no units to train on (empty responses?)")
+    return {name: c / total for name, c in counts.items()}
 
 
 def importance_factors(names: Sequence[str], weights: Mapping[str, float] | None) -> dict[str, float]:
@@ -113,12 +134,19 @@ def backward_domain(model: torch.nn.Module, batch: DomainBatch, objective: Objec
     return out
 
 
-def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> float:
-    """Optionally clip the gradient norm, then step; returns the pre-clip norm (nan if not computed)."""
+def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None,
+                  grad_scale: float = 1.0) -> float:
+    """Optionally clip the gradient norm, then step; returns the pre-clip norm (nan if not computed).
+
+    ``grad_scale``: the gradient was multiplied by it (a scaled loss); clipping then acts on the
+    unscaled gradient (the bound is ``max_grad_norm * grad_scale``) and the norm returned is the
+    unscaled one, so a scaled loss clips exactly as a scaled learning rate does.
+    """
     norm = math.nan
     if max_grad_norm is not None:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm * grad_scale))
+        norm = norm / grad_scale if grad_scale > 0 else norm
         if not math.isfinite(norm):
             optimizer.zero_grad(set_to_none=True)
             return norm  # skip a non-finite step rather than poison the weights
@@ -158,13 +186,17 @@ class Joint(Stateless):
 
     domain_weights: Mapping[str, float] | None = None
     max_grad_norm: float | None = None
+    share_by: ShareBy = "samples"
     name: str = "joint"
+
+    def __post_init__(self) -> None:
+        check_share_by(self.share_by)
 
     def observe(self, step: int, batches: Sequence[DomainBatch]) -> None:
         pass
 
     def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
-        share = shares(batches, objective)
+        share = shares(batches, objective, self.share_by)
         factor = importance_factors([b.name for b in batches], self.domain_weights)
         optimizer.zero_grad(set_to_none=True)
         result = UpdateResult(order=[b.name for b in batches])
@@ -186,8 +218,10 @@ class CGPO(Stateless):
 
     ``scaling="lr"`` multiplies each param group's learning rate by the share for that step and
     restores it (the paper's text); ``"loss"`` multiplies the loss (the authors' code). With SGD the
-    two are identical; with Adam the loss scale nearly cancels in m/sqrt(v), so "loss" takes about K
-    full-size steps per mini-batch where "lr" takes K steps that add up to one.
+    two are identical, gradient clipping included (in "loss" mode the bound is scaled with the loss);
+    with Adam the loss scale nearly cancels in m/sqrt(v), so "loss" takes about K full-size steps per
+    mini-batch where "lr" takes K steps that add up to one. The optimizer's state (Adam's moments and
+    step count) is shared by the K domain steps, as in the authors' code: each domain step advances it.
     ``order="fixed"`` is CGPO_fix (``fixed_order`` or sorted names). ``phi0_device="cpu"`` keeps the
     snapshot off the accelerator. ``alpha == 1`` needs no snapshot at all.
     """
@@ -200,9 +234,11 @@ class CGPO(Stateless):
     phi0_device: str | None = None
     domain_weights: Mapping[str, float] | None = None
     max_grad_norm: float | None = None
+    share_by: ShareBy = "samples"
     name: str = "cgpo"
 
     def __post_init__(self) -> None:
+        check_share_by(self.share_by)
         if self.scaling not in ("lr", "loss"):
             raise ValueError(f"scaling must be 'lr' or 'loss', got {self.scaling!r}")
         if self.order not in ("random", "fixed"):
@@ -224,7 +260,7 @@ class CGPO(Stateless):
 
     def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
         by_name = {b.name: b for b in batches}
-        share = shares(batches, objective)
+        share = shares(batches, objective, self.share_by)
         factor = importance_factors(list(by_name), self.domain_weights)
         order = self.domain_order(by_name, step)
         params = [p for p in _params(optimizer) if p.requires_grad]
@@ -248,7 +284,7 @@ class CGPO(Stateless):
                     for g, lr in zip(optimizer.param_groups, saved):
                         g["lr"] = lr
             else:
-                stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
+                stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm, grad_scale=scale)
             result.domains[name] = stats
         optimizer.zero_grad(set_to_none=True)
         if phi0 is not None:
@@ -398,13 +434,17 @@ class PCGrad(Stateless):
     seed: int = 0
     domain_weights: Mapping[str, float] | None = None
     max_grad_norm: float | None = None
+    share_by: ShareBy = "samples"
     name: str = "pcgrad"
+
+    def __post_init__(self) -> None:
+        check_share_by(self.share_by)
 
     def observe(self, step: int, batches: Sequence[DomainBatch]) -> None:
         pass
 
     def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
-        share = shares(batches, objective)
+        share = shares(batches, objective, self.share_by)
         factor = importance_factors([b.name for b in batches], self.domain_weights)
         params = [p for p in _params(optimizer) if p.requires_grad]
         result = UpdateResult(order=[b.name for b in batches])
