@@ -12,8 +12,8 @@ import math
 import os
 import random
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
