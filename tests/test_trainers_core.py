@@ -1,6 +1,7 @@
 """GRPO loss pieces and update rules on small, exactly checkable problems (CPU, float64)."""
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -474,6 +475,52 @@ def test_eq3_under_adamw_first_step_with_shared_moments():
         ratios.append(err_with / err_without)
     # O(eta^3) against O(eta^2): the relative error falls as eta does.
     assert ratios[2] < 0.4 * ratios[0], ratios
+
+
+def test_per_domain_optimizer_state_gives_each_domain_its_own_adam_moments():
+    """From a fresh state every domain's first AdamW step is lr * share * g / (|g| + eps), g at phi_{k-1}."""
+    batches = [domain_data(0, n=2), domain_data(1, n=6)]
+    lr, eps = 1e-2, 1e-8
+    model = tiny_net()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, eps=eps, weight_decay=0.0)
+    rule = CGPO(alpha=1.0, order="fixed", fixed_order=["d1", "d0"], optimizer_state="per_domain")
+    rule.update(model, opt, batches, MSEObjective(), step=0)
+    assert not opt.state  # the shared state was never touched
+    manual = tiny_net()
+    for name, share in (("d1", 0.75), ("d0", 0.25)):
+        g = _domain_grad(manual, batches[int(name[1])])
+        _sgd_by_hand(manual, share * g / (g.abs() + eps), lr)
+    assert torch.allclose(flat(model), flat(manual), atol=1e-12)
+    shared = tiny_net()
+    CGPO(alpha=1.0, order="fixed", fixed_order=["d1", "d0"]).update(
+        shared, torch.optim.AdamW(shared.parameters(), lr=lr, eps=eps, weight_decay=0.0), batches, MSEObjective(), step=0)
+    assert not torch.allclose(flat(shared), flat(manual), atol=1e-6)
+
+
+def test_per_domain_optimizer_state_survives_a_checkpoint():
+    batches = [domain_data(0, n=2), domain_data(1, n=6)]
+
+    def run(steps, model, opt, rule):
+        for step in steps:
+            rule.update(model, opt, batches, MSEObjective(), step=step)
+
+    straight = tiny_net()
+    opt = torch.optim.AdamW(straight.parameters(), lr=1e-2)
+    run(range(3), straight, opt, CGPO(seed=1, optimizer_state="per_domain"))
+    first = tiny_net()
+    opt1 = torch.optim.AdamW(first.parameters(), lr=1e-2)
+    rule1 = CGPO(seed=1, optimizer_state="per_domain")
+    run(range(1), first, opt1, rule1)
+    saved = copy.deepcopy({"model": first.state_dict(), "opt": opt1.state_dict(), "rule": rule1.state_dict()})
+    resumed = tiny_net(5)
+    resumed.load_state_dict(saved["model"])
+    opt2 = torch.optim.AdamW(resumed.parameters(), lr=1e-2)
+    opt2.load_state_dict(saved["opt"])
+    rule2 = CGPO(seed=1, optimizer_state="per_domain")
+    rule2.load_state_dict(saved["rule"])
+    run(range(1, 3), resumed, opt2, rule2)
+    assert torch.equal(flat(straight), flat(resumed))
+    assert set(saved["rule"]["domain_states"]) == {"d0", "d1"}
 
 
 def test_averaging_over_orders_gives_the_alignment_gradient():

@@ -74,6 +74,7 @@ class UpdateConfig:
     share_by: str = "samples"            # samples | units | micro_batches: each domain's share of a mini-batch
     fixed_order: list[str] | None = None  # CGPO_fix
     phi0_device: str | None = None       # "cpu" keeps CGPO's phi_0 off the accelerator
+    optimizer_state: str = "shared"      # shared | per_domain (CGPO: one optimizer state per domain)
     domain_weights: dict[str, float] | None = None
     famo_w_lr: float = 0.025
     famo_gamma: float = 0.01

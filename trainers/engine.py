@@ -151,7 +151,7 @@ class LocalEngine:
         shared = {"share_by": u.share_by, **common}
         if u.rule in ("cgpo", "cgpo_fix"):
             opts: dict[str, Any] = dict(alpha=u.alpha, scaling=u.scaling, seed=seed, phi0_device=u.phi0_device,
-                                        domain_weights=u.domain_weights, **shared)
+                                        domain_weights=u.domain_weights, optimizer_state=u.optimizer_state, **shared)
             if u.rule == "cgpo_fix":
                 opts["fixed_order"] = u.fixed_order
             return make_rule(u.rule, **opts)

@@ -14,9 +14,11 @@ micro-batches (the authors' code).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Literal, Mapping, Protocol, Sequence
 
 import torch
 
@@ -210,7 +212,7 @@ class Joint(Stateless):
 
 # ---- CGPO ------------------------------------------------------------------------------------
 @dataclass
-class CGPO(Stateless):
+class CGPO:
     """Curvature-Guided Policy Optimization (Algorithm 1, lines 11-15) on one mini-batch.
 
     For a domain order sigma: phi_0 = theta; one optimizer step per domain, its step scaled by the
@@ -220,8 +222,10 @@ class CGPO(Stateless):
     restores it (the paper's text); ``"loss"`` multiplies the loss (the authors' code). With SGD the
     two are identical, gradient clipping included (in "loss" mode the bound is scaled with the loss);
     with Adam the loss scale nearly cancels in m/sqrt(v), so "loss" takes about K full-size steps per
-    mini-batch where "lr" takes K steps that add up to one. The optimizer's state (Adam's moments and
-    step count) is shared by the K domain steps, as in the authors' code: each domain step advances it.
+    mini-batch where "lr" takes K steps that add up to one. ``optimizer_state="shared"`` (default, as in
+    the authors' code): the K domain steps share the optimizer's state (Adam's moments and step count)
+    and each advances it; ``"per_domain"`` keeps one state per domain (K times the optimizer memory;
+    the rule's ``state_dict`` carries it for checkpoints).
     ``order="fixed"`` is CGPO_fix (``fixed_order`` or sorted names). ``phi0_device="cpu"`` keeps the
     snapshot off the accelerator. ``alpha == 1`` needs no snapshot at all.
     """
@@ -235,10 +239,16 @@ class CGPO(Stateless):
     domain_weights: Mapping[str, float] | None = None
     max_grad_norm: float | None = None
     share_by: ShareBy = "samples"
+    optimizer_state: Literal["shared", "per_domain"] = "shared"
     name: str = "cgpo"
+    _domain_states: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _pending: Mapping[str, Any] | None = field(default=None, init=False, repr=False)
+    _param_index: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_share_by(self.share_by)
+        if self.optimizer_state not in ("shared", "per_domain"):
+            raise ValueError(f"optimizer_state must be 'shared' or 'per_domain', got {self.optimizer_state!r}")
         if self.scaling not in ("lr", "loss"):
             raise ValueError(f"scaling must be 'lr' or 'loss', got {self.scaling!r}")
         if self.order not in ("random", "fixed"):
@@ -274,17 +284,18 @@ class CGPO(Stateless):
             optimizer.zero_grad(set_to_none=True)
             loss_scale = 1.0 if self.scaling == "lr" else scale
             stats = backward_domain(model, by_name[name], objective, loss_scale)
-            if self.scaling == "lr":
-                saved = [g["lr"] for g in optimizer.param_groups]
-                for g in optimizer.param_groups:
-                    g["lr"] = g["lr"] * scale
-                try:
-                    stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
-                finally:
-                    for g, lr in zip(optimizer.param_groups, saved):
-                        g["lr"] = lr
-            else:
-                stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm, grad_scale=scale)
+            with self._optimizer_state_of(optimizer, name):
+                if self.scaling == "lr":
+                    saved = [g["lr"] for g in optimizer.param_groups]
+                    for g in optimizer.param_groups:
+                        g["lr"] = g["lr"] * scale
+                    try:
+                        stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
+                    finally:
+                        for g, lr in zip(optimizer.param_groups, saved):
+                            g["lr"] = lr
+                else:
+                    stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm, grad_scale=scale)
             result.domains[name] = stats
         optimizer.zero_grad(set_to_none=True)
         if phi0 is not None:
@@ -295,6 +306,37 @@ class CGPO(Stateless):
         if scheduler is not None:
             scheduler.step()
         return result
+
+    @contextlib.contextmanager
+    def _optimizer_state_of(self, optimizer: torch.optim.Optimizer, domain: str) -> Iterator[None]:
+        """With ``optimizer_state="per_domain"``: the optimizer sees only ``domain``'s state meanwhile."""
+        if self.optimizer_state == "shared":
+            yield
+            return
+        params = _params(optimizer)
+        self._param_index = {id(p): i for i, p in enumerate(params)}
+        if self._pending is not None:  # restored from a checkpoint: parameter indices -> parameters
+            self._domain_states = {n: defaultdict(dict, {params[int(i)]: dict(st) for i, st in states.items()})
+                                   for n, states in self._pending.items()}
+            self._pending = None
+        shared = optimizer.state
+        optimizer.state = self._domain_states.setdefault(domain, defaultdict(dict))
+        try:
+            yield
+        finally:
+            optimizer.state = shared
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.optimizer_state == "shared":
+            return {}
+        if self._pending is not None:
+            return {"domain_states": dict(self._pending)}
+        return {"domain_states": {n: {self._param_index[id(p)]: dict(st) for p, st in states.items()}
+                                  for n, states in self._domain_states.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("domain_states") is not None:
+            self._pending = dict(state["domain_states"])
 
 
 # ---- FAMO adapted to RL ----------------------------------------------------------------------
