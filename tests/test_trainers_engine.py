@@ -184,10 +184,13 @@ def test_sampler_ignores_the_models_generation_config(policy_dir):
         return gen.generate(prompts, 4).response_ids
 
     plain = sample()
-    model.generation_config.repetition_penalty = 1.5   # Qwen2.5-Instruct ships 1.05
-    model.generation_config.top_k = 3
-    assert torch.equal(sample(), plain)
-    # The penalty is strong enough to matter: transformers' own defaults do apply it.
+    checkpoint_defaults = {"repetition_penalty": 1.5, "top_k": 3,  # Qwen2.5-Instruct ships 1.05 and 20
+                           "no_repeat_ngram_size": 1, "min_p": 0.3, "suppress_tokens": [tok.convert_tokens_to_ids("<answer>")]}
+    for key, value in checkpoint_defaults.items():
+        setattr(model.generation_config, key, value)
+        assert torch.equal(sample(), plain), key
+    assert model.generation_config.repetition_penalty == 1.5  # the model's own config is left as it was
+    # These settings are strong enough to matter: transformers' own defaults do apply them.
     torch.manual_seed(7)
     ids, mask = _pad_left([r for r in gen.encode_prompts(prompts) for _ in range(4)], tok.pad_token_id)
     inherited = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=True,
