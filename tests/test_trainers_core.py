@@ -1,6 +1,7 @@
 """GRPO loss pieces and update rules on small, exactly checkable problems (CPU, float64)."""
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from trainers.grpo import Aggregate, GRPOConfig, aggregate, group_advantages, grpo_loss, k3_kl, resolve_loss_agg
-from trainers.updates import CGPO, FAMO, DomainBatch, Joint, PCGrad, project_conflicting, seeded_order
+from trainers.rollout import GRPOObjective, MicroBatch
+from trainers.updates import CGPO, FAMO, DomainBatch, Joint, PCGrad, project_conflicting, seeded_order, shares
 
 torch.set_default_dtype(torch.float64)
 
@@ -46,6 +48,40 @@ def test_k3_is_nonnegative_and_zero_at_equality():
     b = torch.randn(100)
     assert (k3_kl(a, b, clamp=None) >= 0).all()
     assert torch.equal(k3_kl(a, a), torch.zeros(100))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_k3_clamps_the_log_ratio_before_exp(dtype):
+    """A token the policy has all but ruled out while the reference has not: exp(ref - logp) overflows.
+
+    Clamping only the result leaves inf in the graph, and the clamp's zero gradient times inf is nan.
+    """
+    logp = torch.tensor([-800.0, -1.0, -30.0], dtype=dtype, requires_grad=True)
+    ref = torch.tensor([-0.5, -1.2, -0.1], dtype=dtype)
+    kl = k3_kl(logp, ref)
+    kl.sum().backward()
+    assert torch.isfinite(kl).all() and torch.isfinite(logp.grad).all()
+    kl = kl.detach().double()
+    assert float(kl[0]) == 10.0 and float(kl[2]) == 10.0  # clamped value
+    expected = k3_kl(logp.detach().double()[1:2], ref.double()[1:2], clamp=None)
+    assert float(kl[1]) == pytest.approx(float(expected), rel=0.3 if dtype is torch.bfloat16 else 1e-6)
+
+
+def test_kl_only_nonzero_advantage_masks_exactly_the_zero_advantage_responses():
+    cfg = GRPOConfig(beta=0.5, loss_agg="token-mean", kl_only_nonzero_advantage=True)
+    old = torch.full((3, 2), math.log(0.25))
+    new = old.clone().requires_grad_(True)  # ratio 1: the policy term's gradient is -A per token
+    ref = torch.full((3, 2), math.log(0.5))  # d = log 2: KL gradient 0.5 * (1 - 2) = -0.5 per token
+    adv = torch.tensor([1.0, 0.0, -2.0])
+    agg, _ = grpo_loss(new, old, adv, torch.ones(3, 2), ref, cfg)
+    agg.total.backward()
+    kl_grad = 0.5 * (1 - 2.0)
+    expected = torch.tensor([[-1.0 + kl_grad] * 2, [0.0, 0.0], [2.0 + kl_grad] * 2])
+    assert torch.allclose(new.grad, expected, atol=1e-12)
+    paper = GRPOConfig(beta=0.5, loss_agg="token-mean")  # Eq. 1: KL on every response
+    new.grad = None
+    grpo_loss(new, old, adv, torch.ones(3, 2), ref, paper)[0].total.backward()
+    assert torch.allclose(new.grad[1], torch.full((2,), kl_grad), atol=1e-12)
 
 
 def test_aggregation_modes_by_hand_and_aliases():
@@ -90,6 +126,9 @@ class MSEObjective:
     def units(self, mb):
         return float(mb[0].shape[0])
 
+    def samples(self, mb):
+        return int(mb[0].shape[0])
+
     def __call__(self, model, mb):
         x, y = mb
         return Aggregate(((model(x) - y) ** 2).sum(), float(x.shape[0])), {}
@@ -111,16 +150,85 @@ def flat(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def test_cgpo_one_domain_alpha_one_equals_joint_exactly():
-    results = []
-    for rule in (Joint(), CGPO(alpha=1.0, scaling="lr"), CGPO(alpha=1.0, scaling="loss")):
-        model = tiny_net()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        for step in range(3):
-            rule.update(model, opt, [domain_data(0, seed=step)], MSEObjective(), step=step)
-        results.append(flat(model))
-    assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
-    assert not torch.equal(results[0], flat(tiny_net()))
+def _domain_grad(model, batch, scale=1.0):
+    """Gradient of ``scale * L_k`` (the domain's mean loss) at the model's current parameters."""
+    params = list(model.parameters())
+    return _flat(_grad(_loss(model, batch, MSEObjective()), params)) * scale
+
+
+def _sgd_by_hand(model, direction, lr):
+    with torch.no_grad():
+        offset = 0
+        for p in model.parameters():
+            p -= lr * direction[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+
+@pytest.mark.parametrize("scaling", ["lr", "loss"])
+def test_cgpo_pass_by_hand_with_sample_shares_and_domain_weights(scaling):
+    """Algorithm 1 under SGD, computed step by step: phi_k = phi_{k-1} - lr (n_k/N) K w_k g_k(phi_{k-1})."""
+    batches = [domain_data(0, n=2), domain_data(1, n=6)]           # sample shares 1/4, 3/4
+    weights = {"d0": 0.75, "d1": 0.25}                               # K w_k = 1.5, 0.5
+    factor = {"d0": 0.25 * 1.5, "d1": 0.75 * 0.5}
+    lr, alpha = 0.05, 1.2
+    rule = CGPO(alpha=alpha, scaling=scaling, order="fixed", fixed_order=["d1", "d0"], domain_weights=weights)
+    model = tiny_net()
+    rule.update(model, torch.optim.SGD(model.parameters(), lr=lr), batches, MSEObjective(), step=0)
+    manual = tiny_net()
+    phi0 = flat(manual)
+    by = {b.name: b for b in batches}
+    for name in ("d1", "d0"):
+        _sgd_by_hand(manual, _domain_grad(manual, by[name], factor[name]), lr)
+    expected = phi0 + alpha * (flat(manual) - phi0)
+    assert torch.allclose(flat(model), expected, atol=1e-13)
+    unweighted = tiny_net()
+    CGPO(alpha=alpha, scaling=scaling, order="fixed", fixed_order=["d1", "d0"]).update(
+        unweighted, torch.optim.SGD(unweighted.parameters(), lr=lr), batches, MSEObjective(), step=0)
+    assert not torch.allclose(flat(unweighted), expected, atol=1e-6)  # the weights matter in this case
+
+
+class TokenObjective:
+    """GRPO's objective on fixed 'log-probs' (no model): units are tokens, samples are rows."""
+
+    def __init__(self, agg):
+        self.inner = GRPOObjective(GRPOConfig(beta=0.0, loss_agg=agg))
+
+    def units(self, mb):
+        return self.inner.units(mb)
+
+    def samples(self, mb):
+        return self.inner.samples(mb)
+
+
+def _rows(n, length, width=8):
+    mask = torch.zeros(n, width)
+    mask[:, :length] = 1
+    ids = torch.zeros(n, width, dtype=torch.long)
+    return MicroBatch(ids, mask, mask, torch.zeros(n, width), None, torch.zeros(n))
+
+
+def test_domain_shares_count_samples_by_default_tokens_on_request():
+    """Algorithm 1: |D_k| / sum |D|. Long answers must not buy a domain a bigger step."""
+    long_answers = DomainBatch("prog", [_rows(2, 8), _rows(2, 8)])   # 4 samples, 32 tokens, 2 micro-batches
+    short_answers = DomainBatch("arith", [_rows(4, 2)])              # 4 samples, 8 tokens, 1 micro-batch
+    obj = TokenObjective("token-mean")
+    batches = [long_answers, short_answers]
+    assert shares(batches, obj) == {"prog": 0.5, "arith": 0.5}
+    assert shares(batches, obj, "units") == {"prog": 0.8, "arith": 0.2}
+    assert shares(batches, obj, "micro_batches") == pytest.approx({"prog": 2 / 3, "arith": 1 / 3})
+    with pytest.raises(ValueError, match="share_by"):
+        CGPO(share_by="tokens")
+
+
+def test_joint_default_weights_domains_by_samples():
+    """Joint learning uses the same shares: sum_k (n_k/N) L_k, each L_k the domain's own mean."""
+    batches = [domain_data(0, n=2, micro=1), domain_data(1, n=6)]
+    model = tiny_net()
+    Joint().update(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, MSEObjective(), step=0)
+    manual = tiny_net()
+    g = _domain_grad(manual, batches[0], 0.25) + _domain_grad(manual, batches[1], 0.75)
+    _sgd_by_hand(manual, g, 0.1)
+    assert torch.allclose(flat(model), flat(manual), atol=1e-14)
 
 
 def test_alpha_zero_leaves_parameters_unchanged():
@@ -172,16 +280,23 @@ def test_lr_restored_after_every_domain_step_and_scheduler_once_per_minibatch():
         assert [g["lr"] for g in opt.param_groups] == pytest.approx([lr * 0.5 for lr in lr_before])
 
 
-def test_lr_and_loss_scaling_agree_under_sgd_and_differ_under_adam():
+@pytest.mark.parametrize("max_grad_norm", [None, 0.05])
+def test_lr_and_loss_scaling_agree_under_sgd_and_differ_under_adam(max_grad_norm):
     batches = [domain_data(0, n=2), domain_data(1, n=6)]
-    out = {}
+    out, norms = {}, {}
     for opt_name in ("sgd", "adam"):
         for scaling in ("lr", "loss"):
             model = tiny_net()
             opt = (torch.optim.SGD if opt_name == "sgd" else torch.optim.Adam)(model.parameters(), lr=1e-2)
-            CGPO(alpha=1.0, scaling=scaling).update(model, opt, batches, MSEObjective(), step=0)
+            result = CGPO(alpha=1.0, scaling=scaling, max_grad_norm=max_grad_norm).update(
+                model, opt, batches, MSEObjective(), step=0)
             out[opt_name, scaling] = flat(model) - flat(tiny_net())
+            norms[opt_name, scaling] = [result.domains[n]["grad_norm"] for n in result.order]
+    # Clipping on (0.05 is far below every domain's gradient norm): both modes still take the same step.
     assert torch.allclose(out["sgd", "lr"], out["sgd", "loss"], atol=1e-14)
+    if max_grad_norm is not None:
+        assert min(norms["sgd", "lr"]) > 10 * max_grad_norm  # the clip was active
+        assert norms["sgd", "lr"] == pytest.approx(norms["sgd", "loss"])  # and reported on one scale
     # Adam's first step is lr * sign(g): loss scaling leaves two full steps, lr scaling sums to one.
     assert out["adam", "loss"].norm() > 1.5 * out["adam", "lr"].norm()
 
@@ -231,6 +346,9 @@ class QuadObjective:
 
     def units(self, mb):
         return 1.0
+
+    def samples(self, mb):
+        return 1
 
     def __call__(self, model, mb):
         a, b = mb
@@ -307,6 +425,104 @@ def test_eq5_second_order_term_matches_hessian_vector_products(problem):
     assert errors[2] < 0.6 * errors[0]
 
 
+def _adam_pass_prediction(g0, hvp, phi0, order, shares_, eta, curvature, betas=(0.9, 0.999), eps=1e-8, wd=0.01):
+    """K AdamW steps from fresh state with the moments shared, each domain's gradient taken as
+    ``g_k(phi_0) + H_k (phi_{k-1} - phi_0)`` (Eq. 3's expansion; ``curvature=False`` drops the H term)."""
+    b1, b2 = betas
+    phi, m, v = phi0.clone(), torch.zeros_like(phi0), torch.zeros_like(phi0)
+    for k, name in enumerate(order, 1):
+        g = g0[name] + (hvp(name, phi - phi0) if curvature else 0.0)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        lr = eta * shares_[name]
+        phi = phi * (1 - lr * wd) - lr * (m / (1 - b1 ** k)) / ((v / (1 - b2 ** k)).sqrt() + eps)
+    return phi
+
+
+def test_eq3_under_adamw_first_step_with_shared_moments():
+    """The second-order (curvature) term of Eq. 3-5 under AdamW, from a fresh optimizer state.
+
+    Adam's direction is not linear in g, so Eq. 5's closed form does not apply as is; what does is
+    Eq. 3's expansion: each domain step sees its gradient at phi_{k-1}, i.e. g_k(phi_0) plus
+    H_k (phi_{k-1} - phi_0), pushed through the shared moments. With that term the prediction
+    matches the real pass to O(eta^3); without it, only to O(eta^2).
+    """
+    batches, obj = _net_domains(3), MSEObjective()
+    order = ["n2", "n0", "n1"]
+    for b in batches:
+        b.name = "n" + b.name[1:]
+    by = {b.name: b for b in batches}
+    model0 = tiny_net(1)
+    params = list(model0.parameters())
+    phi0 = flat(model0)
+    g0 = {n: _flat(_grad(_loss(model0, by[n], obj), params)).detach() for n in order}
+
+    def hvp(name, vec):
+        grads = _flat(_grad(_loss(model0, by[name], obj), params, create_graph=True))
+        return _flat(torch.autograd.grad(grads @ vec, params, retain_graph=False)).detach()
+
+    shares_ = {n: 1 / 3 for n in order}
+    ratios = []
+    for eta in (4e-3, 2e-3, 1e-3):
+        model = tiny_net(1)
+        opt = torch.optim.AdamW(model.parameters(), lr=eta, weight_decay=0.01, foreach=False)
+        CGPO(alpha=1.0, order="fixed", fixed_order=order, scaling="lr").update(model, opt, batches, obj, step=0)
+        actual = flat(model)
+        with_h = _adam_pass_prediction(g0, hvp, phi0, order, shares_, eta, curvature=True)
+        without_h = _adam_pass_prediction(g0, hvp, phi0, order, shares_, eta, curvature=False)
+        err_with, err_without = float((actual - with_h).norm()), float((actual - without_h).norm())
+        assert err_with < 0.05 * err_without, (eta, err_with, err_without)
+        ratios.append(err_with / err_without)
+    # O(eta^3) against O(eta^2): the relative error falls as eta does.
+    assert ratios[2] < 0.4 * ratios[0], ratios
+
+
+def test_per_domain_optimizer_state_gives_each_domain_its_own_adam_moments():
+    """From a fresh state every domain's first AdamW step is lr * share * g / (|g| + eps), g at phi_{k-1}."""
+    batches = [domain_data(0, n=2), domain_data(1, n=6)]
+    lr, eps = 1e-2, 1e-8
+    model = tiny_net()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, eps=eps, weight_decay=0.0)
+    rule = CGPO(alpha=1.0, order="fixed", fixed_order=["d1", "d0"], optimizer_state="per_domain")
+    rule.update(model, opt, batches, MSEObjective(), step=0)
+    assert not opt.state  # the shared state was never touched
+    manual = tiny_net()
+    for name, share in (("d1", 0.75), ("d0", 0.25)):
+        g = _domain_grad(manual, batches[int(name[1])])
+        _sgd_by_hand(manual, share * g / (g.abs() + eps), lr)
+    assert torch.allclose(flat(model), flat(manual), atol=1e-12)
+    shared = tiny_net()
+    CGPO(alpha=1.0, order="fixed", fixed_order=["d1", "d0"]).update(
+        shared, torch.optim.AdamW(shared.parameters(), lr=lr, eps=eps, weight_decay=0.0), batches, MSEObjective(), step=0)
+    assert not torch.allclose(flat(shared), flat(manual), atol=1e-6)
+
+
+def test_per_domain_optimizer_state_survives_a_checkpoint():
+    batches = [domain_data(0, n=2), domain_data(1, n=6)]
+
+    def run(steps, model, opt, rule):
+        for step in steps:
+            rule.update(model, opt, batches, MSEObjective(), step=step)
+
+    straight = tiny_net()
+    opt = torch.optim.AdamW(straight.parameters(), lr=1e-2)
+    run(range(3), straight, opt, CGPO(seed=1, optimizer_state="per_domain"))
+    first = tiny_net()
+    opt1 = torch.optim.AdamW(first.parameters(), lr=1e-2)
+    rule1 = CGPO(seed=1, optimizer_state="per_domain")
+    run(range(1), first, opt1, rule1)
+    saved = copy.deepcopy({"model": first.state_dict(), "opt": opt1.state_dict(), "rule": rule1.state_dict()})
+    resumed = tiny_net(5)
+    resumed.load_state_dict(saved["model"])
+    opt2 = torch.optim.AdamW(resumed.parameters(), lr=1e-2)
+    opt2.load_state_dict(saved["opt"])
+    rule2 = CGPO(seed=1, optimizer_state="per_domain")
+    rule2.load_state_dict(saved["rule"])
+    run(range(1, 3), resumed, opt2, rule2)
+    assert torch.equal(flat(straight), flat(resumed))
+    assert set(saved["rule"]["domain_states"]) == {"d0", "d1"}
+
+
 def test_averaging_over_orders_gives_the_alignment_gradient():
     batches, obj = _net_domains(3), MSEObjective()
     eta, k = 2e-3, 3
@@ -357,14 +573,30 @@ def test_famo_weights_sum_to_one_and_favour_the_slowest_domain():
     assert famo.quantity(DomainBatch("x", [], mean_reward=1.0)) > 0  # positive even when solved
 
 
-def test_famo_actually_trains_the_model():
-    model = tiny_net()
-    before = flat(model)
+def test_famo_loss_weights_divide_z_by_q_by_hand():
+    famo = FAMO()
+    fast = DomainBatch("fast", [], mean_reward=0.5, reward_range=(-1.0, 1.0))   # q = 0.25 + eps
+    slow = DomainBatch("slow", [], mean_reward=-0.5, reward_range=(-1.0, 1.0))  # q = 0.75 + eps
+    famo.observe(0, [fast, slow])
+    z = famo.task_weights()
+    assert z == pytest.approx({"fast": 0.5, "slow": 0.5})  # w = 0 before any progress is seen
+    raw = {"fast": 0.5 / (0.25 + famo.eps), "slow": 0.5 / (0.75 + famo.eps)}
+    total = sum(raw.values())
+    assert famo.loss_weights(["fast", "slow"]) == pytest.approx({n: v / total for n, v in raw.items()}, rel=1e-12)
+
+
+def test_famo_step_is_the_weighted_sum_of_domain_gradients():
     batches = [domain_data(0), domain_data(1)]
     for b, r in zip(batches, (0.2, -0.4)):
         b.mean_reward = r
-    FAMO().update(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, MSEObjective(), step=0)
-    assert (flat(model) - before).norm() > 1e-4
+    model = tiny_net()
+    result = FAMO().update(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, MSEObjective(), step=0)
+    q = {"d0": 0.4 + 1e-3, "d1": 0.7 + 1e-3}  # (1 - mean) / 2 + eps
+    a = {n: (1 / q[n]) / sum(1 / v for v in q.values()) for n in q}
+    assert {n: result.domains[n]["famo_weight"] for n in q} == pytest.approx(a, rel=1e-12)
+    manual = tiny_net()
+    _sgd_by_hand(manual, _domain_grad(manual, batches[0], a["d0"]) + _domain_grad(manual, batches[1], a["d1"]), 0.1)
+    assert torch.allclose(flat(model), flat(manual), atol=1e-14)
 
 
 # ---- PCGrad ------------------------------------------------------------------------------

@@ -12,14 +12,16 @@ pytest.importorskip("transformers")
 
 from trainers.config import from_dict, load_config
 from trainers.curricula import MixedSampler, PhaseSampler, SelfPacedSampler
-from trainers.engine import LocalEngine
-from trainers.grpo import GRPOConfig
-from trainers.rollout import GRPOObjective, split_responses
+from trainers.engine import LocalEngine, domain_metrics
+from trainers.grpo import GRPOConfig, group_advantages
+from trainers.metrics import is_success, success_threshold
+from trainers.rollout import (GRPOObjective, HFGenerator, _pad_left, build_micro_batches, recorded_logprobs,
+                              split_responses)
 from trainers.tasks import Prompt, synthetic_prompts
 from trainers.tiny import build_tiny_policy
-from trainers.updates import CGPO, DomainBatch, Joint
+from trainers.updates import CGPO, DomainBatch, shares
 
-from mdreward import Scorer
+from mdreward import Score, Scorer
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +103,101 @@ def test_unscored_records_are_counted_not_rewarded(policy_dir, scorer, tmp_path)
     assert record["train"]["arith"]["n"] == 28
 
 
+class OutageScorer:
+    """The real scorer, with an infrastructure outage on the last response of every group."""
+
+    def __init__(self, inner: Scorer, group_size: int) -> None:
+        self.inner, self.registry, self.group_size = inner, inner.registry, group_size
+
+    def score_batch(self, samples):
+        return [Score.unscored("judge timed out (simulated outage)") if i % self.group_size == self.group_size - 1
+                else score for i, score in enumerate(self.inner.score_batch(samples))]
+
+
+def test_unscored_responses_are_out_of_the_statistics_and_the_loss(policy_dir, scorer, tmp_path):
+    cfg = config(policy_dir, tmp_path / "run", mini_batches=1, rule="joint")
+    cfg.grpo.loss_agg = "seq-mean-token-mean"  # units = sequences: the loss's denominator counts rows
+    cfg.data.prompts_per_domain = 3
+    engine = LocalEngine(cfg, scorer=OutageScorer(scorer, cfg.rollout.group_size))
+    record = engine.step(0)
+    batch = engine.last_batch
+    failed = [i for i, s in enumerate(batch.scores) if s.reward is None]
+    assert failed == list(range(3, len(batch.scores), 4))
+    rewards = [s.reward for s in batch.scores]
+    assert batch.advantages == group_advantages(rewards, batch.rollouts.group_ids)
+    assert all(batch.advantages[i] == 0.0 for i in failed)
+    # An outage must not read as a wrong answer: had it been rewarded -0.5, advantages would differ here.
+    as_wrong = group_advantages([-0.5 if r is None else r for r in rewards], batch.rollouts.group_ids)
+    assert as_wrong != batch.advantages
+    assert batch.trained_rows == [i for i in range(len(rewards)) if i not in failed]
+    for domain in ("arith", "max"):  # 3 prompts x 4 responses, one of each group unscored: 9 rows in the loss
+        assert record["update"][domain]["units"] == 9
+        assert record["train"][domain]["unscored"] == 3
+
+
+def test_success_is_defined_per_domain_not_by_a_correct_flag():
+    from mdreward.domains import code, math as math_domain, science, writing
+
+    assert success_threshold(math_domain.TABLE) == 1.0 and success_threshold(code.TABLE) == 1.0
+    assert success_threshold(science.TABLE) == 0.5    # correct, less a length penalty
+    assert success_threshold(writing.TABLE) == 1.0    # better than the reference
+    essays = [Prompt(f"e{i}", "essay", "writing", "q") for i in range(4)]
+    verdicts = [Score.ok(1.0, verdict="better"), Score.ok(0.25, verdict="tie"), Score.ok(-0.5, verdict="worse"),
+                Score.unscored("judge down")]  # writing never sets components["correct"]
+    rate = domain_metrics(essays, verdicts, None, lambda d, s: is_success(s, 1.0))["essay"]["correct_rate"]
+    assert rate == pytest.approx(1 / 3)
+    assert not is_success(Score.unscored("x"), -1.0)
+
+
+def test_pass_rates_and_metrics_use_the_per_domain_success_threshold(policy_dir, scorer, tmp_path):
+    cfg = config(policy_dir, tmp_path / "run")
+    cfg.data.success_threshold = {"arith": -0.5}  # a well-formatted answer counts, right or wrong
+    cfg.data.eval_prompts = 0
+    engine = LocalEngine(cfg, scorer=scorer)
+    assert engine.success_thresholds == {"arith": -0.5, "max": 1.0}
+    prompts = synthetic_prompts("arith", 6, 1) + synthetic_prompts("max", 6, 1)
+    torch.manual_seed(0)
+    rates = engine.estimate_pass_rates(prompts, samples=4)
+    torch.manual_seed(0)
+    roll = engine.generator.generate(prompts, 4)
+    scores = scorer.score_batch(engine._samples(roll, "pass-rate"))
+    for j, p in enumerate(prompts):
+        group = scores[j * 4:(j + 1) * 4]
+        ok = [s.status.value == "ok" for s in group] if p.domain == "arith" else [s.reward == 1.0 for s in group]
+        assert rates[p.id] == sum(ok) / 4, (p.id, [s.reward for s in group])
+    with pytest.raises(ValueError, match="success_threshold names unknown domains"):
+        cfg.data.success_threshold = {"prog": 0.0}
+        LocalEngine(cfg, scorer=scorer)
+
+
+def test_sampler_ignores_the_models_generation_config(policy_dir):
+    """Sampling is from pi / T: a checkpoint's repetition penalty or top-k must not reshape it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(policy_dir)
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    gen = HFGenerator(model, tok, max_new_tokens=16, temperature=1.0)
+    prompts = synthetic_prompts("arith", 3, 0) + synthetic_prompts("max", 3, 0)
+
+    def sample():
+        torch.manual_seed(7)
+        return gen.generate(prompts, 4).response_ids
+
+    plain = sample()
+    checkpoint_defaults = {"repetition_penalty": 1.5, "top_k": 3,  # Qwen2.5-Instruct ships 1.05 and 20
+                           "no_repeat_ngram_size": 1, "min_p": 0.3, "suppress_tokens": [tok.convert_tokens_to_ids("<answer>")]}
+    for key, value in checkpoint_defaults.items():
+        setattr(model.generation_config, key, value)
+        assert torch.equal(sample(), plain), key
+    assert model.generation_config.repetition_penalty == 1.5  # the model's own config is left as it was
+    # These settings are strong enough to matter: transformers' own defaults do apply them.
+    torch.manual_seed(7)
+    ids, mask = _pad_left([r for r in gen.encode_prompts(prompts) for _ in range(4)], tok.pad_token_id)
+    inherited = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=True,
+                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[:, ids.shape[1]:]
+    assert not torch.equal(inherited, plain[:, :inherited.shape[1]])
+
+
 def test_recorded_old_logprobs_make_later_domains_off_policy(policy_dir, scorer, tmp_path):
     engine = LocalEngine(config(policy_dir, tmp_path / "run", lr=3e-2, max_grad_norm=None), scorer=scorer)
     engine.cfg.update.mini_batches = 1
@@ -110,30 +207,65 @@ def test_recorded_old_logprobs_make_later_domains_off_policy(policy_dir, scorer,
     assert abs(record["update"][order_second]["ratio"] - 1.0) > 1e-3  # the first domain's step moved the policy
 
 
-def test_cgpo_single_domain_alpha_one_equals_joint_on_the_language_model(policy_dir, scorer, tmp_path):
+def test_cgpo_on_the_language_model_by_hand_with_sample_shares(policy_dir, scorer, tmp_path):
+    """Two domains with different answer lengths, SGD: each sub-step is lr * (n_k / N) * grad L_k."""
     engine = LocalEngine(config(policy_dir, tmp_path / "run"), scorer=scorer)
-    roll = engine.generator.generate(synthetic_prompts("arith", 4, 0), 4)
-    from trainers.rollout import build_micro_batches, recorded_logprobs
-
-    mb = build_micro_batches(roll, [0.5, -0.5] * 8, torch.zeros(0), None)
+    torch.manual_seed(0)
+    roll = engine.generator.generate(synthetic_prompts("arith", 2, 0) + synthetic_prompts("max", 2, 0), 4)
+    mb = build_micro_batches(roll, [0.5, -0.5, 1.0, -1.0] * 4, torch.zeros(0), None)
     old = recorded_logprobs(engine.model, mb.input_ids, mb.attention_mask, mb.response_mask.shape[1], 1.0)
     mb.old_logp, mb.ref_logp = old, old - 0.1
-    obj = GRPOObjective(GRPOConfig(beta=0.01, loss_agg="seq-mean-token-mean"))
+    obj = GRPOObjective(GRPOConfig(beta=0.01, loss_agg="token-mean"))
+    batches = [DomainBatch("arith", [mb.select(range(0, 8))]), DomainBatch("max", [mb.select(range(8, 16))])]
+    assert shares(batches, obj) == {"arith": 0.5, "max": 0.5}
+    assert shares(batches, obj, "units")["arith"] != pytest.approx(0.5, abs=0.02)  # token counts differ
     state = {k: v.clone() for k, v in engine.model.state_dict().items()}
-    out = []
-    for rule in (Joint(), CGPO(alpha=1.0)):
-        engine.model.load_state_dict(state)
-        opt = torch.optim.AdamW(engine.model.parameters(), lr=1e-3)
-        micro = [mb.select(range(0, 8)), mb.select(range(8, 16))]
-        rule.update(engine.model, opt, [DomainBatch("arith", micro)], obj, step=0)
-        out.append(params(engine.model))
-    assert torch.equal(out[0], out[1])
+    lr, alpha = 0.5, 1.2
+    CGPO(alpha=alpha, order="fixed", fixed_order=["max", "arith"]).update(
+        engine.model, torch.optim.SGD(engine.model.parameters(), lr=lr), batches, obj, step=0)
+    got = params(engine.model)
+    engine.model.load_state_dict(state)
+    phi0 = params(engine.model)
+    for b in (batches[1], batches[0]):
+        engine.model.zero_grad()
+        agg, _ = obj(engine.model, b.micro_batches[0])
+        (agg.total / agg.units).backward()
+        with torch.no_grad():
+            for p in engine.model.parameters():
+                if p.grad is not None:
+                    p -= lr * 0.5 * p.grad
+    expected = phi0 + alpha * (params(engine.model) - phi0)
+    assert (expected - phi0).norm() > 1e-3
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-5)
 
 
 def test_response_split_at_first_eos():
     ids, mask, truncated = split_responses(torch.tensor([[5, 6, 0, 7, 0], [5, 6, 7, 8, 9]]), eos_id=0, pad_id=1)
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert ids.tolist()[0] == [5, 6, 0, 1, 1] and truncated == [False, True]
+
+
+def test_omni_thinker_order_follows_the_paper_categories(policy_dir, scorer, tmp_path):
+    cfg = config(policy_dir, tmp_path / "run", rule="joint")
+    cfg.data.tasks, cfg.data.curriculum, cfg.data.eval_prompts = ["arith", "prog"], "omni_thinker", 0
+    assert LocalEngine(cfg, scorer=scorer).sampler.order == ["prog", "arith"]  # categories from score domains
+    cfg.data.domain_categories = {"prog": "writing"}
+    assert LocalEngine(cfg, scorer=scorer).sampler.order == ["arith", "prog"]
+
+
+def test_paper_code_preset(policy_dir, scorer, tmp_path):
+    cfg = from_dict({"preset": "paper-code"})
+    assert (cfg.update.scaling, cfg.update.share_by, cfg.grpo.kl_only_nonzero_advantage) == ("loss", "micro_batches", True)
+    assert cfg.to_dict()["preset"] == "paper-code"
+    with pytest.raises(ValueError, match="preset 'paper-code' sets update.scaling"):
+        from_dict({"preset": "paper-code", "update": {"scaling": "lr"}})
+    with pytest.raises(ValueError, match="unknown preset"):
+        from_dict({"preset": "paper"})
+    path = tmp_path / "c.toml"
+    path.write_text(f'[model]\nkind = "tiny"\npath = "{policy_dir}"\n[run]\nout_dir = "{tmp_path / "run"}"\n')
+    engine = LocalEngine(load_config(path, ["preset=paper-code"]), scorer=scorer)
+    assert isinstance(engine.rule, CGPO) and (engine.rule.scaling, engine.rule.share_by) == ("loss", "micro_batches")
+    assert engine.grpo.kl_only_nonzero_advantage
 
 
 def test_config_errors_name_the_field(tmp_path):
@@ -155,6 +287,10 @@ def test_curricula():
     assert [p.domain for p in mixed] == ["code", "code", "math", "math", "writing", "writing"]
     phases = PhaseSampler(pools, batch_size=2, total_steps=9)
     assert [phases.phase(s) for s in range(9)] == ["code"] * 3 + ["math"] * 3 + ["writing"] * 3
+    tasks = {"arith": pools["math"], "essay": pools["writing"], "prog": pools["code"]}
+    by_category = PhaseSampler(tasks, batch_size=2, total_steps=9,
+                               categories={"arith": "math", "essay": "writing", "prog": "code"})
+    assert by_category.order == ["prog", "arith", "essay"]  # code first, as the paper orders them
     assert {p.domain for p in phases.batch(4)} == {"math"}
     prompts = [p for pool in pools.values() for p in pool]
     rates = {p.id: (0.9 if p.domain == "writing" else 0.1 if p.domain == "code" else 0.5) for p in prompts}

@@ -27,7 +27,9 @@ class DataConfig:
     pool_size: int = 512                 # prompts per synthetic task
     prompts_per_domain: int = 8          # per step (mixed sampler)
     curriculum: str = "mixed"            # mixed | omni_thinker | self_paced
-    curriculum_order: list[str] | None = None
+    curriculum_order: list[str] | None = None   # omni_thinker: explicit order of training domains
+    domain_categories: dict[str, str] | None = None  # training domain -> paper category (default: its score domain)
+    success_threshold: dict[str, float] | None = None  # per training domain (default: the top outcome's reward)
     eval_prompts: int = 48               # held-out prompts per domain, every eval_every steps
     eval_samples: int = 4                # sampled responses per held-out prompt (rollout temperature)
     eval_greedy: bool = False            # greedy decoding instead (one response per prompt)
@@ -69,8 +71,10 @@ class UpdateConfig:
     max_grad_norm: float | None = 1.0
     alpha: float = 1.2
     scaling: str = "lr"                  # lr | loss (CGPO)
+    share_by: str = "samples"            # samples | units | micro_batches: each domain's share of a mini-batch
     fixed_order: list[str] | None = None  # CGPO_fix
     phi0_device: str | None = None       # "cpu" keeps CGPO's phi_0 off the accelerator
+    optimizer_state: str = "shared"      # shared | per_domain (CGPO: one optimizer state per domain)
     domain_weights: dict[str, float] | None = None
     famo_w_lr: float = 0.025
     famo_gamma: float = 0.01
@@ -89,8 +93,18 @@ class RunConfig:
     tensorboard: bool = True
 
 
+#: Named presets: section values set together. ``paper-code`` reproduces the conditions of the
+#: authors' released code (which produced the paper's Table 1): loss scaling, shares by micro-batch
+#: count, and the KL term only on responses with a non-zero advantage.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper-code": {"update": {"scaling": "loss", "share_by": "micro_batches"},
+                   "grpo": {"kl_only_nonzero_advantage": True}},
+}
+
+
 @dataclass
 class TrainConfig:
+    preset: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -110,14 +124,34 @@ def _section(cls: type, values: Mapping[str, Any], where: str):
     return cls(**values)
 
 
+def apply_preset(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with its ``preset``'s values filled in; a field set to another value is an error."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    name = out.get("preset")
+    if name is None:
+        return out
+    if name not in PRESETS:
+        raise ValueError(f"config: unknown preset {name!r}; known: {sorted(PRESETS)}")
+    for section, values in PRESETS[name].items():
+        given = out.setdefault(section, {})
+        for key, value in values.items():
+            if key in given and given[key] != value:
+                raise ValueError(f"config: preset {name!r} sets {section}.{key} = {value!r}, "
+                                 f"but the config sets {given[key]!r}; drop one of them")
+            given[key] = value
+    return out
+
+
 def from_dict(data: Mapping[str, Any]) -> TrainConfig:
-    sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - set(sections))
+    sections = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - sections)
     if unknown:
         raise ValueError(f"config: unknown section(s) {unknown}; known: {sorted(sections)}")
+    data = apply_preset(data)
     types = {"model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "grpo": GRPOSection,
              "update": UpdateConfig, "run": RunConfig}
-    return TrainConfig(**{name: _section(types[name], data.get(name, {}), name) for name in types})
+    return TrainConfig(preset=data.get("preset"),
+                       **{name: _section(types[name], data.get(name, {}), name) for name in types})
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -127,8 +161,11 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     for item in overrides:
         key, sep, raw = item.partition("=")
+        if sep and key == "preset":
+            data["preset"] = raw
+            continue
         if not sep or "." not in key:
-            raise ValueError(f"override {item!r} must look like section.field=value")
+            raise ValueError(f"override {item!r} must look like section.field=value (or preset=NAME)")
         section, name = key.split(".", 1)
         try:
             value = json.loads(raw)

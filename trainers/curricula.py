@@ -41,12 +41,23 @@ class MixedSampler:
                                                                    self.per_domain, self.seed)]
 
 
+def omni_thinker_order(domains: Sequence[str], categories: Mapping[str, str]) -> list[str]:
+    """Training domains in the paper's category order: code, math, science, writing, then others.
+
+    ``categories`` maps a training domain to its paper category (e.g. ``prog -> code``,
+    ``arith -> math``); a domain it does not name is its own category. Ties keep name order.
+    """
+    rank = {c: i for i, c in enumerate(OMNI_THINKER_ORDER)}
+    return sorted(domains, key=lambda d: (rank.get(categories.get(d, d), len(rank)), categories.get(d, d), d))
+
+
 @dataclass
 class PhaseSampler:
     """Omni-Thinker: one domain at a time in a fixed order, each for its share of the steps.
 
-    ``order`` lists training domains (default: code -> math -> science -> writing, those present);
-    the run's ``total_steps`` are split between the domains in proportion to their pool sizes.
+    ``order`` lists training domains explicitly; without it, domains go in the paper's category
+    order (``omni_thinker_order``: code -> math -> science -> writing) using ``categories``. The
+    run's ``total_steps`` are split between the domains in proportion to their pool sizes.
     """
 
     pools: Mapping[str, Sequence[Prompt]]
@@ -54,10 +65,14 @@ class PhaseSampler:
     total_steps: int
     order: Sequence[str] | None = None
     seed: int = 0
+    categories: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
-        order = list(self.order) if self.order else [d for d in OMNI_THINKER_ORDER if d in self.pools]
-        order += [d for d in sorted(self.pools) if d not in order]
+        if self.order:
+            order = list(self.order)
+            order += [d for d in sorted(self.pools) if d not in order]
+        else:
+            order = omni_thinker_order(list(self.pools), self.categories or {})
         unknown = [d for d in order if d not in self.pools]
         if unknown:
             raise ValueError(f"curriculum order names domains with no prompts: {unknown}")

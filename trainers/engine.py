@@ -12,8 +12,9 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -22,7 +23,7 @@ from mdreward import FormatRules, Sample, Scorer, ScoringConfig, Status
 from .config import TrainConfig
 from .curricula import MixedSampler, PhaseSampler, SelfPacedSampler
 from .grpo import GRPOConfig, group_advantages
-from .metrics import MetricsLog, plot_runs
+from .metrics import MetricsLog, is_success, plot_runs, success_threshold
 from .rollout import GRPOObjective, HFGenerator, MicroBatch, Rollouts, VLLMGenerator, build_micro_batches, recorded_logprobs
 from .tasks import Prompt, load_prompt_file, synthetic_prompts
 from .updates import DomainBatch, UpdateRule, make_rule
@@ -69,8 +70,10 @@ def load_policy(cfg: TrainConfig):
     return model, tokenizer
 
 
-def domain_metrics(prompts: Sequence[Prompt], scores: Sequence[Any], rollouts: Rollouts | None) -> dict[str, dict[str, float]]:
-    """Reward, correct rate, format-error rate, unscored count, response length per training domain."""
+def domain_metrics(prompts: Sequence[Prompt], scores: Sequence[Any], rollouts: Rollouts | None,
+                   success: Callable[[str, Any], bool]) -> dict[str, dict[str, float]]:
+    """Reward, success rate (``correct_rate``), format-error rate, unscored count, response length per
+    training domain. ``success(domain, score)`` says whether a response succeeded (``is_success``)."""
     out: dict[str, dict[str, float]] = {}
     for domain in sorted({p.domain for p in prompts}):
         idx = [i for i, p in enumerate(prompts) if p.domain == domain]
@@ -78,7 +81,7 @@ def domain_metrics(prompts: Sequence[Prompt], scores: Sequence[Any], rollouts: R
         rewards = [scores[i].reward for i in scored]
         m = {"n": float(len(idx)), "unscored": float(len(idx) - len(scored)),
              "reward": sum(rewards) / len(rewards) if rewards else math.nan,
-             "correct_rate": (sum(bool(scores[i].components.get("correct")) for i in scored) / len(scored)
+             "correct_rate": (sum(success(domain, scores[i]) for i in scored) / len(scored)
                               if scored else math.nan),
              "format_error_rate": (sum(scores[i].status is Status.FORMAT_ERROR for i in scored) / len(scored)
                                    if scored else math.nan)}
@@ -87,6 +90,16 @@ def domain_metrics(prompts: Sequence[Prompt], scores: Sequence[Any], rollouts: R
             m["truncated_rate"] = sum(rollouts.truncated[i] for i in idx) / len(idx)
         out[domain] = m
     return out
+
+
+@dataclass
+class StepBatch:
+    """What the last step trained on: rollouts, scores, advantages and the rows kept for the loss."""
+
+    rollouts: Rollouts
+    scores: list[Any]
+    advantages: list[float]
+    trained_rows: list[int]   # scored responses only: unscored ones are out of the loss entirely
 
 
 class LocalEngine:
@@ -121,6 +134,7 @@ class LocalEngine:
             require_think=cfg.data.require_think, think_in_prompt=cfg.data.think_in_prompt)))
         self._own_scorer = scorer is None
         self.train_pools, self.eval_pools = self._prompt_pools()
+        self.success_thresholds = self._success_thresholds()
         self.generator = self._make_generator()
         self.sampler = self._make_sampler()
         self.log = MetricsLog(self.out, tensorboard=run.tensorboard)
@@ -133,18 +147,19 @@ class LocalEngine:
     # ---- setup --------------------------------------------------------------------------------
     def _make_rule(self) -> UpdateRule:
         u, seed = self.cfg.update, self.cfg.run.seed
-        common = {"max_grad_norm": u.max_grad_norm}
+        common: dict[str, Any] = {"max_grad_norm": u.max_grad_norm}
+        shared = {"share_by": u.share_by, **common}
         if u.rule in ("cgpo", "cgpo_fix"):
             opts: dict[str, Any] = dict(alpha=u.alpha, scaling=u.scaling, seed=seed, phi0_device=u.phi0_device,
-                                        domain_weights=u.domain_weights, **common)
+                                        domain_weights=u.domain_weights, optimizer_state=u.optimizer_state, **shared)
             if u.rule == "cgpo_fix":
                 opts["fixed_order"] = u.fixed_order
             return make_rule(u.rule, **opts)
         if u.rule == "famo":
             return make_rule("famo", w_lr=u.famo_w_lr, gamma=u.famo_gamma, **common)
         if u.rule == "pcgrad":
-            return make_rule("pcgrad", seed=seed, domain_weights=u.domain_weights, **common)
-        return make_rule(u.rule, domain_weights=u.domain_weights, **common)
+            return make_rule("pcgrad", seed=seed, domain_weights=u.domain_weights, **shared)
+        return make_rule(u.rule, domain_weights=u.domain_weights, **shared)
 
     def _prompt_pools(self) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
         d, seed = self.cfg.data, self.cfg.run.seed
@@ -168,6 +183,20 @@ class LocalEngine:
                                  f"register (registered: {sorted(registered)})")
         return train, evals
 
+    def _success_thresholds(self) -> dict[str, float]:
+        """Per training domain: ``data.success_threshold`` or the top outcome of its reward table."""
+        given = dict(self.cfg.data.success_threshold or {})
+        domains = set(self.train_pools) | set(self.eval_pools)
+        unknown = sorted(set(given) - domains)
+        if unknown:
+            raise ValueError(f"data.success_threshold names unknown domains {unknown}; domains: {sorted(domains)}")
+        return {d: float(given[d]) if d in given else success_threshold(self.scorer.registry.get(self._score_domain(d)).table)
+                for d in domains}
+
+    def succeeded(self, domain: str, score: Any) -> bool:
+        """Whether a response to a prompt of ``domain`` succeeded (metrics and the self-paced curriculum)."""
+        return is_success(score, self.success_thresholds[domain])
+
     def _make_generator(self):
         r, d = self.cfg.rollout, self.cfg.data
         common = dict(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
@@ -186,7 +215,9 @@ class LocalEngine:
         if d.curriculum == "mixed":
             return MixedSampler(self.train_pools, d.prompts_per_domain, seed)
         if d.curriculum == "omni_thinker":
-            return PhaseSampler(self.train_pools, batch, self.cfg.run.steps, d.curriculum_order, seed)
+            categories = {name: self._score_domain(name) for name in self.train_pools}
+            categories.update(d.domain_categories or {})
+            return PhaseSampler(self.train_pools, batch, self.cfg.run.steps, d.curriculum_order, seed, categories)
         if d.curriculum == "self_paced":
             prompts = [p for pool in self.train_pools.values() for p in pool]
             return SelfPacedSampler(prompts, self.estimate_pass_rates(prompts), batch, seed)
@@ -200,7 +231,7 @@ class LocalEngine:
             roll = self.generator.generate(chunk, samples)
             scores = self.scorer.score_batch(self._samples(roll, "pass-rate"))
             for j, p in enumerate(chunk):
-                hits = [bool(s.components.get("correct")) for s in scores[j * samples:(j + 1) * samples]]
+                hits = [self.succeeded(p.domain, s) for s in scores[j * samples:(j + 1) * samples]]
                 rates[p.id] = sum(hits) / samples
         return rates
 
@@ -217,8 +248,10 @@ class LocalEngine:
         t_gen = time.perf_counter()
         scores = self.scorer.score_batch(self._samples(roll, f"s{step}"))
         t_score = time.perf_counter()
-        rewards = [s.reward for s in scores]  # None when unscored: masked out of its group
+        rewards = [s.reward for s in scores]  # None when unscored: out of its group's statistics
         advantages = group_advantages(rewards, roll.group_ids)
+        self.last_batch = StepBatch(roll, list(scores), advantages,
+                                    [i for i, s in enumerate(scores) if s.status is not Status.ERROR])
         full = build_micro_batches(roll, advantages, torch.zeros(0), None)
         resp_len = roll.response_ids.shape[1]
         old = recorded_logprobs(self.model, full.input_ids.to(self.device), full.attention_mask.to(self.device),
@@ -228,7 +261,7 @@ class LocalEngine:
             ref = recorded_logprobs(self.ref_model, full.input_ids.to(self.device),
                                     full.attention_mask.to(self.device), resp_len, cfg.rollout.temperature).cpu()
         full = MicroBatch(full.input_ids, full.attention_mask, full.response_mask, old, ref, full.advantages)
-        train = domain_metrics(roll.prompts, scores, roll)
+        train = domain_metrics(roll.prompts, scores, roll, self.succeeded)
         self.rule.observe(step, [self._domain_batch(d, [], train) for d in train])
         t_logp = time.perf_counter()
         update = self._update(step, full, roll, train)
@@ -257,8 +290,10 @@ class LocalEngine:
         u = self.cfg.update
         gen = torch.Generator().manual_seed(self.cfg.run.seed * 7919 + step)
         chunks: dict[str, list[torch.Tensor]] = {}
+        trained = set(self.last_batch.trained_rows)  # unscored responses: no loss tokens, no KL gradient
         for domain in sorted(train):
-            idx = torch.tensor([i for i, p in enumerate(roll.prompts) if p.domain == domain])
+            idx = torch.tensor([i for i, p in enumerate(roll.prompts) if p.domain == domain and i in trained],
+                               dtype=torch.long)
             idx = idx[torch.randperm(len(idx), generator=gen)]
             chunks[domain] = list(torch.tensor_split(idx, u.mini_batches))
         summary: dict[str, dict[str, list[float]]] = {}
@@ -272,6 +307,8 @@ class LocalEngine:
                 rows = parts[m]
                 micro = [full.select(rows[i:i + u.micro_batch_size]) for i in range(0, len(rows), u.micro_batch_size)]
                 batches.append(self._domain_batch(domain, micro, train))
+            if not batches:  # every response of this mini-batch was unscored: nothing to learn from
+                continue
             result = self.rule.update(self.model, self.optimizer, batches, self.objective,
                                       step=step * u.mini_batches + m, scheduler=self.scheduler)
             for domain, values in result.domains.items():
@@ -290,7 +327,7 @@ class LocalEngine:
         d = self.cfg.data
         roll = self.generator.generate(prompts, 1 if d.eval_greedy else d.eval_samples, greedy=d.eval_greedy)
         scores = self.scorer.score_batch(self._samples(roll, "eval"))
-        return domain_metrics(roll.prompts, scores, roll)
+        return domain_metrics(roll.prompts, scores, roll, self.succeeded)
 
     # ---- loop, checkpoints ----------------------------------------------------------------------
     def train(self) -> list[dict[str, Any]]:

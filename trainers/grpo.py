@@ -58,13 +58,21 @@ def group_advantages(rewards: Sequence[float | None], group_ids: Sequence[int], 
     return out
 
 
+#: Bound on the log-ratio ``ref - logp`` before ``exp`` (verl's ``low_var_kl`` uses 20).
+K3_LOG_RATIO_CLAMP = 20.0
+
+
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, *, clamp: float | None = 10.0) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi || pi_ref) per token: ``exp(d) - d - 1`` with ``d = ref - logp``.
 
     Non-negative, unbiased in expectation under pi. ``clamp`` bounds the value (verl's ``low_var_kl``
-    clamps to [-10, 10]); ``None`` disables it.
+    clamps to [-10, 10]) and, as verl does, first bounds ``d`` to ``[-20, 20]`` so ``exp`` never
+    overflows (an overflowed ``exp`` makes the clamped value's gradient ``inf * 0 = nan``);
+    ``None`` disables both.
     """
     d = ref_logp - logp
+    if clamp is not None:
+        d = d.clamp(min=-K3_LOG_RATIO_CLAMP, max=K3_LOG_RATIO_CLAMP)
     kl = torch.exp(d) - d - 1.0
     return kl.clamp(min=-clamp, max=clamp) if clamp is not None else kl
 

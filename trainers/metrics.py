@@ -3,7 +3,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from mdreward.types import RewardTable, Score
+
+
+def success_threshold(table: "RewardTable") -> float:
+    """The lowest reward of a domain's top outcome: what counts as a success by default.
+
+    The top outcome is the table's highest value (math/code ``correct``, writing ``better``). When
+    that outcome is continuous (science: ``correct`` less a length penalty, 0.5 to 1.0), any reward
+    in its range counts, so the threshold is the range's low end.
+    """
+    top_name, top = max(table.values.items(), key=lambda item: item[1])
+    if table.continuous is not None and table.continuous[0] == top_name:
+        return float(table.continuous[1])
+    return top
+
+
+def is_success(score: "Score", threshold: float) -> bool:
+    """A scored response whose reward reaches the domain's success threshold (unscored: never)."""
+    return score.reward is not None and score.reward >= threshold - 1e-12
 
 
 class MetricsLog:

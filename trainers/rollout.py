@@ -8,9 +8,10 @@ the step.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -98,6 +99,9 @@ class GRPOObjective:
     def units(self, mb: MicroBatch) -> float:
         return aggregation_units(mb.response_mask, self.cfg.loss_agg)
 
+    def samples(self, mb: MicroBatch) -> int:
+        return len(mb)
+
     def __call__(self, model: torch.nn.Module, mb: MicroBatch) -> tuple[Aggregate, dict[str, float]]:
         if self.device is not None:
             mb = mb.to(self.device)
@@ -139,8 +143,41 @@ def split_responses(out: torch.Tensor, eos_id: int, pad_id: int) -> tuple[torch.
     return ids, mask, truncated
 
 
+def sampling_config(*, max_new_tokens: int, temperature: float, top_p: float, greedy: bool, pad_token_id: int,
+                    eos_token_id: int) -> Any:
+    """A ``GenerationConfig`` built from scratch: sampling from exactly pi / T (top-p only as configured).
+
+    A checkpoint's defaults (Qwen2.5-Instruct ships ``repetition_penalty = 1.05``, top-k 20, top-p 0.8)
+    would otherwise reshape the sampling distribution while the old log-probs are computed from
+    pi / T: a silent off-policy bias. transformers fills every field left at its global default from
+    the model's ``generation_config``, so ``HFGenerator`` also hides that config during ``generate``
+    (``_without_model_generation_config``).
+    """
+    from transformers import GenerationConfig
+
+    if greedy:
+        return GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+                                eos_token_id=eos_token_id, num_beams=1)
+    return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, repetition_penalty=1.0,
+                            num_beams=1, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+                            eos_token_id=eos_token_id)
+
+
+@contextlib.contextmanager
+def _without_model_generation_config(model: Any) -> Iterator[None]:
+    """Replace ``model.generation_config`` by a blank one meanwhile: nothing of it can leak into sampling."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
 class HFGenerator:
-    """Sampling with transformers ``generate``."""
+    """Sampling with transformers ``generate`` from exactly pi / T (see ``sampling_config``)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, prompt_style: str = "plain", system_prompt: str | None = None,
@@ -164,11 +201,12 @@ class HFGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), max_new_tokens=self.max_new_tokens,
-                do_sample=not greedy, temperature=self.temperature if not greedy else None,
-                top_p=self.top_p if not greedy else None, top_k=0 if not greedy else None,
-                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id).cpu()
+            config = sampling_config(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                     top_p=self.top_p, greedy=greedy, pad_token_id=tok.pad_token_id,
+                                     eos_token_id=tok.eos_token_id)
+            with _without_model_generation_config(self.model):
+                out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                          generation_config=config).cpu()
         finally:
             self.model.train(was_training)
         return _rollouts(prompts, group_size, ids, mask, out[:, ids.shape[1]:], tok)

@@ -5,15 +5,20 @@ list of micro-batches of one domain) and an ``Objective`` that turns a micro-bat
 never generates, scores, or moves data between devices, so a distributed engine reuses it as is.
 
 Exactness convention: an objective returns each micro-batch's loss as a sum over its units (tokens
-or sequences) plus the unit count. A domain's loss is its summed total over its own units; its
-share of the mini-batch is ``units_k / sum_j units_j``. Then ``sum_k share_k * L_k`` is exactly
-the joint loss of the mini-batch, for every aggregation mode.
+or sequences) plus the unit count. A domain's loss ``L_k`` is its summed total over its own units
+(the configured aggregation, within the domain). Its share of the mini-batch (``share_by``) is, by
+default, its share of the samples, ``n_k / sum_j n_j`` (Algorithm 1's ``|D_k| / sum |D|``);
+``"units"`` uses ``units_k / sum_j units_j`` instead, and then ``sum_k share_k * L_k`` is exactly
+the plain joint loss of the mini-batch for every aggregation mode; ``"micro_batches"`` counts
+micro-batches (the authors' code).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Literal, Mapping, Protocol, Sequence
 
 import torch
 
@@ -24,6 +29,8 @@ class Objective(Protocol):
     """Turns one micro-batch into a loss (``Aggregate``) and metric sums."""
 
     def units(self, micro_batch: Any, /) -> float: ...
+
+    def samples(self, micro_batch: Any, /) -> int: ...
 
     def __call__(self, model: torch.nn.Module, micro_batch: Any, /) -> tuple[Aggregate, dict[str, float]]: ...
 
@@ -70,13 +77,29 @@ def domain_units(batch: DomainBatch, objective: Objective) -> float:
     return float(sum(objective.units(mb) for mb in batch.micro_batches))
 
 
-def shares(batches: Sequence[DomainBatch], objective: Objective) -> dict[str, float]:
-    """Each domain's share of the mini-batch's aggregation units (sequences or tokens)."""
-    units = {b.name: domain_units(b, objective) for b in batches}
-    total = sum(units.values())
-    if total <= 0:
-        raise ValueError("the mini-batch has no units to train on (empty responses?)")
-    return {name: u / total for name, u in units.items()}
+ShareBy = Literal["samples", "units", "micro_batches"]
+SHARE_BY = ("samples", "units", "micro_batches")
+
+
+def check_share_by(share_by: str) -> None:
+    if share_by not in SHARE_BY:
+        raise ValueError(f"share_by must be one of {SHARE_BY}, got {share_by!r}")
+
+
+def shares(batches: Sequence[DomainBatch], objective: Objective, share_by: ShareBy = "samples") -> dict[str, float]:
+    """Each domain's share of the mini-batch: of its samples (default), units (tokens or sequences),
+    or micro-batches."""
+    check_share_by(share_by)
+    if share_by == "samples":
+        counts = {b.name: float(sum(objective.samples(mb) for mb in b.micro_batches)) for b in batches}
+    elif share_by == "units":
+        counts = {b.name: domain_units(b, objective) for b in batches}
+    else:
+        counts = {b.name: float(len(b.micro_batches)) for b in batches}
+    total = sum(counts.values())
+    if total <= 0 or any(domain_units(b, objective) <= 0 for b in batches):
+        raise ValueError("the mini-batch has a domain with no units to train on (empty responses?)")
+    return {name: c / total for name, c in counts.items()}
 
 
 def importance_factors(names: Sequence[str], weights: Mapping[str, float] | None) -> dict[str, float]:
@@ -113,12 +136,19 @@ def backward_domain(model: torch.nn.Module, batch: DomainBatch, objective: Objec
     return out
 
 
-def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> float:
-    """Optionally clip the gradient norm, then step; returns the pre-clip norm (nan if not computed)."""
+def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None,
+                  grad_scale: float = 1.0) -> float:
+    """Optionally clip the gradient norm, then step; returns the pre-clip norm (nan if not computed).
+
+    ``grad_scale``: the gradient was multiplied by it (a scaled loss); clipping then acts on the
+    unscaled gradient (the bound is ``max_grad_norm * grad_scale``) and the norm returned is the
+    unscaled one, so a scaled loss clips exactly as a scaled learning rate does.
+    """
     norm = math.nan
     if max_grad_norm is not None:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm * grad_scale))
+        norm = norm / grad_scale if grad_scale > 0 else norm
         if not math.isfinite(norm):
             optimizer.zero_grad(set_to_none=True)
             return norm  # skip a non-finite step rather than poison the weights
@@ -158,13 +188,17 @@ class Joint(Stateless):
 
     domain_weights: Mapping[str, float] | None = None
     max_grad_norm: float | None = None
+    share_by: ShareBy = "samples"
     name: str = "joint"
+
+    def __post_init__(self) -> None:
+        check_share_by(self.share_by)
 
     def observe(self, step: int, batches: Sequence[DomainBatch]) -> None:
         pass
 
     def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
-        share = shares(batches, objective)
+        share = shares(batches, objective, self.share_by)
         factor = importance_factors([b.name for b in batches], self.domain_weights)
         optimizer.zero_grad(set_to_none=True)
         result = UpdateResult(order=[b.name for b in batches])
@@ -178,7 +212,7 @@ class Joint(Stateless):
 
 # ---- CGPO ------------------------------------------------------------------------------------
 @dataclass
-class CGPO(Stateless):
+class CGPO:
     """Curvature-Guided Policy Optimization (Algorithm 1, lines 11-15) on one mini-batch.
 
     For a domain order sigma: phi_0 = theta; one optimizer step per domain, its step scaled by the
@@ -186,8 +220,12 @@ class CGPO(Stateless):
 
     ``scaling="lr"`` multiplies each param group's learning rate by the share for that step and
     restores it (the paper's text); ``"loss"`` multiplies the loss (the authors' code). With SGD the
-    two are identical; with Adam the loss scale nearly cancels in m/sqrt(v), so "loss" takes about K
-    full-size steps per mini-batch where "lr" takes K steps that add up to one.
+    two are identical, gradient clipping included (in "loss" mode the bound is scaled with the loss);
+    with Adam the loss scale nearly cancels in m/sqrt(v), so "loss" takes about K full-size steps per
+    mini-batch where "lr" takes K steps that add up to one. ``optimizer_state="shared"`` (default, as in
+    the authors' code): the K domain steps share the optimizer's state (Adam's moments and step count)
+    and each advances it; ``"per_domain"`` keeps one state per domain (K times the optimizer memory;
+    the rule's ``state_dict`` carries it for checkpoints).
     ``order="fixed"`` is CGPO_fix (``fixed_order`` or sorted names). ``phi0_device="cpu"`` keeps the
     snapshot off the accelerator. ``alpha == 1`` needs no snapshot at all.
     """
@@ -200,9 +238,17 @@ class CGPO(Stateless):
     phi0_device: str | None = None
     domain_weights: Mapping[str, float] | None = None
     max_grad_norm: float | None = None
+    share_by: ShareBy = "samples"
+    optimizer_state: Literal["shared", "per_domain"] = "shared"
     name: str = "cgpo"
+    _domain_states: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    _pending: Mapping[str, Any] | None = field(default=None, init=False, repr=False)
+    _param_index: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        check_share_by(self.share_by)
+        if self.optimizer_state not in ("shared", "per_domain"):
+            raise ValueError(f"optimizer_state must be 'shared' or 'per_domain', got {self.optimizer_state!r}")
         if self.scaling not in ("lr", "loss"):
             raise ValueError(f"scaling must be 'lr' or 'loss', got {self.scaling!r}")
         if self.order not in ("random", "fixed"):
@@ -224,7 +270,7 @@ class CGPO(Stateless):
 
     def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
         by_name = {b.name: b for b in batches}
-        share = shares(batches, objective)
+        share = shares(batches, objective, self.share_by)
         factor = importance_factors(list(by_name), self.domain_weights)
         order = self.domain_order(by_name, step)
         params = [p for p in _params(optimizer) if p.requires_grad]
@@ -238,17 +284,18 @@ class CGPO(Stateless):
             optimizer.zero_grad(set_to_none=True)
             loss_scale = 1.0 if self.scaling == "lr" else scale
             stats = backward_domain(model, by_name[name], objective, loss_scale)
-            if self.scaling == "lr":
-                saved = [g["lr"] for g in optimizer.param_groups]
-                for g in optimizer.param_groups:
-                    g["lr"] = g["lr"] * scale
-                try:
-                    stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
-                finally:
-                    for g, lr in zip(optimizer.param_groups, saved):
-                        g["lr"] = lr
-            else:
-                stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
+            with self._optimizer_state_of(optimizer, name):
+                if self.scaling == "lr":
+                    saved = [g["lr"] for g in optimizer.param_groups]
+                    for g in optimizer.param_groups:
+                        g["lr"] = g["lr"] * scale
+                    try:
+                        stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
+                    finally:
+                        for g, lr in zip(optimizer.param_groups, saved):
+                            g["lr"] = lr
+                else:
+                    stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm, grad_scale=scale)
             result.domains[name] = stats
         optimizer.zero_grad(set_to_none=True)
         if phi0 is not None:
@@ -259,6 +306,37 @@ class CGPO(Stateless):
         if scheduler is not None:
             scheduler.step()
         return result
+
+    @contextlib.contextmanager
+    def _optimizer_state_of(self, optimizer: torch.optim.Optimizer, domain: str) -> Iterator[None]:
+        """With ``optimizer_state="per_domain"``: the optimizer sees only ``domain``'s state meanwhile."""
+        if self.optimizer_state == "shared":
+            yield
+            return
+        params = _params(optimizer)
+        self._param_index = {id(p): i for i, p in enumerate(params)}
+        if self._pending is not None:  # restored from a checkpoint: parameter indices -> parameters
+            self._domain_states = {n: defaultdict(dict, {params[int(i)]: dict(st) for i, st in states.items()})
+                                   for n, states in self._pending.items()}
+            self._pending = None
+        shared = optimizer.state
+        optimizer.state = self._domain_states.setdefault(domain, defaultdict(dict))
+        try:
+            yield
+        finally:
+            optimizer.state = shared
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.optimizer_state == "shared":
+            return {}
+        if self._pending is not None:
+            return {"domain_states": dict(self._pending)}
+        return {"domain_states": {n: {self._param_index[id(p)]: dict(st) for p, st in states.items()}
+                                  for n, states in self._domain_states.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("domain_states") is not None:
+            self._pending = dict(state["domain_states"])
 
 
 # ---- FAMO adapted to RL ----------------------------------------------------------------------
@@ -398,13 +476,17 @@ class PCGrad(Stateless):
     seed: int = 0
     domain_weights: Mapping[str, float] | None = None
     max_grad_norm: float | None = None
+    share_by: ShareBy = "samples"
     name: str = "pcgrad"
+
+    def __post_init__(self) -> None:
+        check_share_by(self.share_by)
 
     def observe(self, step: int, batches: Sequence[DomainBatch]) -> None:
         pass
 
     def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
-        share = shares(batches, objective)
+        share = shares(batches, objective, self.share_by)
         factor = importance_factors([b.name for b in batches], self.domain_weights)
         params = [p for p in _params(optimizer) if p.requires_grad]
         result = UpdateResult(order=[b.name for b in batches])
