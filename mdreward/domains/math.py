@@ -31,6 +31,8 @@ _FRACTION = re.compile(r"^([+-])?\\d?frac\{([+-]?\d+)\}\{([+-]?\d+)\}$|^([+-]?\d
 #: a spacing command (a space); one token at a time, so ``\\ `` keeps both backslashes.
 _SPACING_OR_ROW_BREAK = re.compile(r"\\\\|\\!\s*|\\[,;: ]")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|textnormal|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_SPACED_DIGITS = re.compile(r"\d\s+\d")
+_DIGIT_GROUPS = re.compile(r"^[+-]?\d{1,3}(?:\s\d{3})+(?:\.\d+)?$")
 _WORDS = re.compile(r"[A-Za-z]+(?:[ '-][A-Za-z]+)*")
 
 
@@ -66,7 +68,12 @@ def word_answer(text: str) -> str | None:
         inner = inner.strip("() ")
     if not _WORDS.fullmatch(inner):
         return None
-    return re.sub(r"[\s'-]+", " ", inner).casefold()
+    return re.sub(r"[\s'-]+", "", inner).casefold()
+
+
+def _is_word(words: str | None) -> bool:
+    """A word of two letters or more (a single letter may be a variable: ``x`` against ``1 \\cdot x``)."""
+    return words is not None and len(words) > 1
 
 
 def _balanced(text: str) -> bool:
@@ -80,7 +87,10 @@ def _balanced(text: str) -> bool:
 
 def exact_number(text: str) -> Fraction | None:
     """The exact value of a plain integer, decimal or integer fraction; None otherwise."""
-    compact = text.replace(" ", "").replace("{,}", "")
+    text = text.replace("{,}", "").strip()
+    if _SPACED_DIGITS.search(text) and not _DIGIT_GROUPS.match(text):
+        return None  # "5 6" is two numbers; "10 000" is one
+    compact = text.replace(" ", "")
     if _NUMBER.match(compact):
         return Fraction(compact)
     match = _FRACTION.match(compact)
@@ -109,6 +119,8 @@ def fast_equivalence(answer: str, reference: str) -> dict[str, Any] | None:
     answer_words, reference_words = word_answer(answer), word_answer(reference)
     if answer_words is not None and reference_words is not None:
         return {"equivalent": answer_words == reference_words, "method": "text"}
+    if _is_word(answer_words) or _is_word(reference_words):
+        return {"equivalent": False, "method": "text"}  # a word against algebra: y \cdot e \cdot s is not yes
     a, r = exact_number(answer), exact_number(reference)
     if a is None or r is None:
         return None

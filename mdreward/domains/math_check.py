@@ -30,6 +30,9 @@ _TEXT_WITH_DIGITS = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{([^{}]
 _SUBSCRIPT = re.compile(r"_\{[^{}]*\}|_\\?\w")
 _CALL_ARGUMENTS = re.compile(r"(?<=[A-Za-z])\([^()]*\)")
 _NOT_A_LABEL = re.compile(r"[\d+\-^*]|\\cdot|\\times")
+_SPACED_THOUSANDS = re.compile(r"(?<![\d.])\d{1,3}(?:\s+\d{3})+(?![\d.])")
+_SPACED_NUMBERS = re.compile(r"\d\s+\d")
+_APPROX = re.compile(r"\\approx(?![A-Za-z])")
 _PERCENT = re.compile(r"\\?%|\\text\{\s*(?:percent(?:age)?|pct)\s*\}|percent(?:age)?|pct")
 
 
@@ -45,13 +48,15 @@ def normalize_latex(text: str) -> str:
 
     ``\sqrt(2)`` → ``\sqrt{2}`` (it drops the radical); ``0.1\overline{6}`` → ``\frac{1}{6}`` (it reads the
     bar as a symbol); ``\varnothing`` → ``\emptyset``; a ``\text{...}`` holding a number is unwrapped, so
-    ``3 \text{(or possibly 5)}`` stays two values instead of being dropped as a unit.
+    ``3 \text{(or possibly 5)}`` stays two values instead of being dropped as a unit; digit groups
+    separated by a space (``10\,000``) are one number (it adds them: ``11 111`` is 122).
     """
     text = text.strip().strip("$").strip()
     text = re.sub(r"\\sqrt\s*\(([^()]*)\)", r"\\sqrt{\1}", text)
     text = _REPEATING_DECIMAL.sub(_repeating_decimal, text)
     text = text.replace("\\varnothing", "\\emptyset")
-    return _TEXT_WITH_DIGITS.sub(r" \1 ", text)
+    text = _TEXT_WITH_DIGITS.sub(r" \1 ", text)
+    return _SPACED_THOUSANDS.sub(lambda m: re.sub(r"\s+", "", m.group(0)), text)
 
 
 def _top_level_equals(text: str) -> list[int]:
@@ -73,6 +78,8 @@ def _parsed(text: str, timeout_s: float) -> tuple[Any, ...]:
     or the last number by its expression extractor): ``7 \\to 5`` would become ``5``. Here a part
     never stands for the whole.
     """
+    if _SPACED_NUMBERS.search(text):
+        return ()  # "5 6" is two numbers (Math-Verify adds them)
     budget = max(1, int(timeout_s))
     result = parse(f"${text}$", extraction_config=_LATEX, parsing_timeout=budget)
     if result and isinstance(result[0], (sympy.Basic, sympy.MatrixBase)):
@@ -126,8 +133,21 @@ def _equations_equivalent(gold: tuple[str, str], pred: tuple[str, str], timeout_
     return bool(ratio.is_number and ratio != 0)
 
 
+def _terminating_decimal(value: sympy.Expr, other: sympy.Expr) -> sympy.Expr:
+    """A decimal as the exact fraction it writes when the other side is a fraction with a finite decimal
+    expansion (``1.0000001`` is not ``1``); against ``\\frac{14}{3}`` it stays a rounded value."""
+    if not (value.is_Float and other.is_Rational):
+        return value
+    denominator = int(other.q)
+    for prime in (2, 5):
+        while denominator % prime == 0:
+            denominator //= prime
+    return sympy.Rational(str(value)) if denominator == 1 else value
+
+
 def _exactly_equal_numbers(gold: sympy.Expr, pred: sympy.Expr, written_as_decimal: bool) -> bool | None:
     """Exact comparison of two numbers; None when either is not a real number."""
+    gold, pred = _terminating_decimal(gold, pred), _terminating_decimal(pred, gold)
     if gold.is_Rational and pred.is_Rational:
         return bool(gold == pred)
     g, p = sympy.N(gold, 50), sympy.N(pred, 50)
@@ -204,6 +224,33 @@ def _chain_value(value: Any, text: str, timeout_s: float) -> tuple[Any, ...] | N
     return last or None
 
 
+def _exact_part(text: str, timeout_s: float) -> str | None:
+    """``v \\approx a`` → ``v`` when each approximation ``a`` is ``v`` to the decimals it writes, None when one
+    is false (``5 \\approx 5.1``); ``x \\approx 0.87`` (a label) → ``0.87``. Math-Verify keeps one side of it."""
+    parts = [part.strip() for part in _APPROX.split(text)]
+    if len(parts) == 1:
+        return text
+    if _is_label(parts[0]) and "=" not in parts[0]:
+        parts = parts[1:]
+    exact = _parsed(parts[0], timeout_s)
+    if len(parts) == 1:
+        return parts[0]
+    value = _label_value(exact[0]) if exact else None
+    if not (isinstance(value, sympy.Expr) and value.is_number):
+        return None
+    for approximation in parts[1:]:
+        parsed = _parsed(approximation, timeout_s)
+        if not (parsed and isinstance(parsed[0], sympy.Expr) and parsed[0].is_number):
+            return None
+        approximate = sympy.Rational(str(parsed[0])) if parsed[0].is_Float else parsed[0]
+        decimals = re.search(r"\.(\d+)", approximation)
+        difference = abs(value - approximate)
+        if not (difference if difference.is_Rational else sympy.N(difference, 30)) < sympy.Rational(
+                1, 10 ** len(decimals.group(1) if decimals else "")):
+            return None
+    return parts[0]
+
+
 def _as_set(value: Any) -> Any:
     """An inequality in one variable as the set it describes (``x > 2`` → ``(2, \\infty)``); else unchanged."""
     relational = isinstance(value, sympy.core.relational.Relational) and not isinstance(value, (sympy.Eq, sympy.Ne))
@@ -220,6 +267,10 @@ def check(payload: tuple[str, str, float, float]) -> dict[str, Any]:
     """``payload`` = (gold, prediction, parse budget s, verify budget s) → {"equivalent", "method"}."""
     gold_text, pred_text, parse_s, verify_s = payload
     gold_text, pred_text = normalize_latex(gold_text), normalize_latex(pred_text)
+    exact_gold, exact_pred = _exact_part(gold_text, parse_s), _exact_part(pred_text, parse_s)
+    if exact_gold is None or exact_pred is None:
+        return {"equivalent": False, "method": "false_chain"}
+    gold_text, pred_text = exact_gold, exact_pred
     gold_eq, pred_eq = _equation(gold_text), _equation(pred_text)
     if _is_general(gold_eq) or _is_general(pred_eq):
         ok = bool(gold_eq and pred_eq and _equations_equivalent(gold_eq, pred_eq, parse_s))
