@@ -16,6 +16,7 @@ from ..extract import FormatViolation, final_answer, split_think
 from ..registry import DomainSpec
 from ..runtime import KillablePool, LRUCache, TaskTimedOut, WorkerCrashed
 from ..timeouts import Timeouts
+from .math_numeric import certainly_different
 from ..types import FormatRules, RewardTable, Sample, Score
 
 TABLE = RewardTable({"correct": 1.0, "wrong": -0.5, "format_error": -1.0})
@@ -33,6 +34,7 @@ _SPACING_OR_ROW_BREAK = re.compile(r"\\\\|\\!\s*|\\[,;: ]")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|textnormal|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACED_DIGITS = re.compile(r"\d\s+\d")
 _DIGIT_GROUPS = re.compile(r"^[+-]?\d{1,3}(?:\s\d{3})+(?:\.\d+)?$")
+_SPACES_BESIDE_NON_LETTERS = re.compile(r"\s+(?![A-Za-z])|(?<![A-Za-z])\s+")
 _WORDS = re.compile(r"[A-Za-z]+(?:[ '-][A-Za-z]+)*")
 
 
@@ -71,6 +73,11 @@ def word_answer(text: str) -> str | None:
     return re.sub(r"[\s'-]+", "", inner).casefold()
 
 
+def _without_spaces(text: str) -> str:
+    """Spaces removed except between two letters (``\\pi r`` is not ``\\pir``, ``a b`` is not ``ab``)."""
+    return _SPACES_BESIDE_NON_LETTERS.sub("", text)
+
+
 def _is_word(words: str | None) -> bool:
     """A word of two letters or more (a single letter may be a variable: ``x`` against ``1 \\cdot x``)."""
     return words is not None and len(words) > 1
@@ -88,6 +95,8 @@ def _balanced(text: str) -> bool:
 def exact_number(text: str) -> Fraction | None:
     """The exact value of a plain integer, decimal or integer fraction; None otherwise."""
     text = text.replace("{,}", "").strip()
+    wrapped = _TEXT_WRAPPER.fullmatch(text)
+    text = wrapped.group(1).strip() if wrapped else text
     if _SPACED_DIGITS.search(text) and not _DIGIT_GROUPS.match(text):
         return None  # "5 6" is two numbers; "10 000" is one
     compact = text.replace(" ", "")
@@ -113,8 +122,9 @@ def _terminates(value: Fraction) -> bool:
 
 
 def fast_equivalence(answer: str, reference: str) -> dict[str, Any] | None:
-    """Certain verdicts without sympy: identical text, two words, or two exact numbers. None: undecided."""
-    if answer == reference:
+    """Certain verdicts without sympy: the same text up to spaces, two words, a word against algebra, two exact
+    numbers, or two simple numbers far apart. None: undecided."""
+    if answer == reference or _without_spaces(answer) == _without_spaces(reference):
         return {"equivalent": True, "method": "exact"}
     answer_words, reference_words = word_answer(answer), word_answer(reference)
     if answer_words is not None and reference_words is not None:
@@ -123,7 +133,7 @@ def fast_equivalence(answer: str, reference: str) -> dict[str, Any] | None:
         return {"equivalent": False, "method": "text"}  # a word against algebra: y \cdot e \cdot s is not yes
     a, r = exact_number(answer), exact_number(reference)
     if a is None or r is None:
-        return None
+        return {"equivalent": False, "method": "numeric"} if certainly_different(answer, reference) else None
     if a == r:
         return {"equivalent": True, "method": "exact"}
     written_as_decimal = "." in answer

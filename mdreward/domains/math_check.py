@@ -10,6 +10,7 @@ do not end the work.
 """
 from __future__ import annotations
 
+import cmath
 import functools
 import re
 from fractions import Fraction
@@ -23,6 +24,7 @@ _LATEX = [LatexExtractionConfig()]
 _EXPR = [ExprExtractionConfig()]
 _RELATIVE_TOLERANCE = 5e-6  # for decimals written by the model against irrational golds
 _IRRATIONAL_TOLERANCE = 1e-12
+_SAMPLE_OFFSETS = (0.5772156649, 1.6180339887)  # points where to evaluate expressions with variables
 _MAX_SET_PAIRS = 4096  # exact matching of two sets compares every pair; larger sets keep Math-Verify's verdict
 _TOP_LEVEL_EQUALS = re.compile(r"(?<![\\<>!])=(?!=)")
 _REPEATING_DECIMAL = re.compile(r"(?<![\d.])(\d*)\.(\d*)\\overline\s*\{(\d+)\}")
@@ -198,6 +200,36 @@ def _leaves_agree(gold: Any, pred: Any, written_as_decimal: bool) -> bool:
     return True
 
 
+def _certainly_different(gold: Any, pred: Any, percent_written: bool) -> bool:
+    """Shapes that differ (a number against a tuple, interval or matrix; tuples or matrices of other sizes), or
+    two values (or functions, at a sample point) far apart beyond any rounding: Math-Verify says so too, after
+    a costly ``simplify``."""
+    gold, pred = _label_value(gold), _label_value(pred)
+    containers = (sympy.Tuple, sympy.Interval, sympy.MatrixBase)
+    for one, other in ((gold, pred), (pred, gold)):
+        if isinstance(one, sympy.Expr) and not isinstance(one, sympy.MatrixBase) and one.is_number \
+                and isinstance(other, containers):
+            return True
+    if isinstance(gold, sympy.Tuple) and isinstance(pred, sympy.Tuple):
+        return len(gold) != len(pred)
+    if isinstance(gold, sympy.MatrixBase) and isinstance(pred, sympy.MatrixBase):
+        return gold.shape != pred.shape
+    if percent_written or not (_one_value(gold) and _one_value(pred)):
+        return False
+    symbols = sorted(gold.free_symbols | pred.free_symbols, key=str)
+    # two functions that differ at a point are different (a number is a constant function); values that
+    # only round to equal, or points where either side is undefined, decide nothing
+    for offset in _SAMPLE_OFFSETS if symbols else (0.0,):
+        point = {symbol: offset + 0.1 * k for k, symbol in enumerate(symbols)}
+        try:
+            g, p = complex(gold.evalf(20, subs=point)), complex(pred.evalf(20, subs=point))
+        except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+            return False
+        if cmath.isfinite(g) and cmath.isfinite(p) and abs(g - p) > 1e-4 * max(1.0, abs(g), abs(p)):
+            return True
+    return False
+
+
 def _several_values(value: Any) -> bool:
     """More than one value where one is asked for: a set of several, or an ``or``."""
     return (isinstance(value, sympy.FiniteSet) and len(value) > 1) or isinstance(value, sympy.Or)
@@ -284,6 +316,8 @@ def check(payload: tuple[str, str, float, float]) -> dict[str, Any]:
     gold, pred = list(gold_value), list(pred_value)
     if _several_values(_label_value(pred[0])) and _one_value(_label_value(gold[0])):
         return {"equivalent": False, "method": "hedged"}
+    if _certainly_different(gold[0], pred[0], bool(_PERCENT.search(gold_text + pred_text))):
+        return {"equivalent": False, "method": "math_verify"}
     budget = max(1, int(verify_s))
     if not verify(gold, pred, timeout_seconds=budget):
         if isinstance(gold[0], sympy.Set) == isinstance(pred[0], sympy.Set):
