@@ -153,3 +153,42 @@ def test_peer_check_against_math_verify_test_suite(scorer):
             unexpected.append((case["reference"], case["pred"][-80:], want, dict(score.components)))
     print(f"agreement with Math-Verify's expected verdicts: {len(PEER) - disagreements}/{len(PEER)}")
     assert not unexpected, unexpected
+
+
+def test_fast_verdicts_agree_with_the_full_checker():
+    """Every verdict the caller takes without sympy is the one the full checker gives (over MATH500 answers paired
+    with other problems' answers and with rewritten forms of their own)."""
+    import json
+    import os
+    from pathlib import Path
+
+    from conftest import SHARED_DATA
+    from mdreward.domains.math import _clean
+    from mdreward.domains.math_check import check
+
+    path = Path(os.environ.get("MDREWARD_SHARED_DATA", SHARED_DATA)) / "math500" / "test.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} is not there")
+    references = [_clean(json.loads(line)["answer"]) for line in path.read_text().splitlines()][:160]
+    pairs = [(references[(i + k) % len(references)], reference) for i, reference in enumerate(references)
+             for k in (1, 7)]
+    pairs += [(f"{r} ", r) for r in references] + [(r.replace(",", ", "), r) for r in references]
+    decided = [(a, r, fast) for a, r in pairs if (fast := fast_equivalence(_clean(a), r)) is not None]
+    assert len(decided) > 100
+    for answer, reference, fast in decided:
+        assert check((reference, _clean(answer), 5.0, 5.0))["equivalent"] is fast["equivalent"], (answer, reference, fast)
+
+
+@pytest.mark.parametrize("text,value", [
+    ("2\\sqrt{113}", 2 * 113 ** 0.5), ("\\frac43", 4 / 3), ("-\\frac{\\pi}{6}", -3.141592653589793 / 6),
+    ("6 - 5i", 6 - 5j), ("90^\\circ", 90.0), ("10^{-3}", 0.001), ("\\sqrt[3]{8}", 2.0), ("2(3+1)", 8.0),
+    ("2\\frac{1}{2}", None), ("5 6", None), ("x", None), ("(1, 2)", None), ("52_8", None), ("\\sqrt{-1}", None),
+    ("28\\%", None), ("9^{9^{9^{9}}}", None), ("1.5.3", None),
+])
+def test_simple_numbers_are_read_or_refused(text, value):
+    from mdreward.domains.math_numeric import approximate_value
+
+    got = approximate_value(text)
+    assert (got is None) == (value is None)
+    if value is not None:
+        assert abs(got - value) < 1e-12 * max(1, abs(value))
