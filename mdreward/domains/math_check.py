@@ -216,11 +216,12 @@ def _certainly_different(gold: Any, pred: Any, percent_written: bool) -> bool:
         return gold.shape != pred.shape
     if percent_written or not (_one_value(gold) and _one_value(pred)):
         return False
-    symbols = sorted(gold.free_symbols | pred.free_symbols, key=str)
+    symbols = gold.free_symbols | pred.free_symbols
+    names = sorted({str(symbol) for symbol in symbols})
     # two functions that differ at a point are different (a number is a constant function); values that
     # only round to equal, or points where either side is undefined, decide nothing
     for offset in _SAMPLE_OFFSETS if symbols else (0.0,):
-        point = {symbol: offset + 0.1 * k for k, symbol in enumerate(symbols)}
+        point = {symbol: offset + 0.1 * names.index(str(symbol)) for symbol in symbols}
         try:
             g, p = complex(gold.evalf(20, subs=point)), complex(pred.evalf(20, subs=point))
         except (TypeError, ValueError, OverflowError, ZeroDivisionError):
