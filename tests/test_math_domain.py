@@ -192,3 +192,13 @@ def test_simple_numbers_are_read_or_refused(text, value):
     assert (got is None) == (value is None)
     if value is not None:
         assert abs(got - value) < 1e-12 * max(1, abs(value))
+
+
+@pytest.mark.parametrize("loop", ["\\boxed{" * 14_000, "<answer>\\boxed{" * 7_000, "\\boxed{1}\\boxed{2}" * 7_000],
+                         ids=["unterminated boxes", "unclosed answer blocks", "alternating boxes"])
+def test_degenerate_loops_of_boxes_are_scored_quickly(scorer, loop):
+    """98k characters of a generation loop (under the 200k cap): one linear pass, not 35-43 s of brace matching."""
+    started = time.process_time()
+    score = scorer.score(Sample("math", "<think>r</think> " + loop, reference="2"))
+    assert time.process_time() - started < 5.0
+    assert score.status in (Status.OK, Status.FORMAT_ERROR) and score.reward in (-0.5, -1.0)
