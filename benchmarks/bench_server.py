@@ -267,7 +267,7 @@ def main() -> int:
         "domains": sorted({r["domain"] for r in pool}), "order": "ABBA" if args.abba else "AB",
         "server": server, "in_process": base, "ratio_server_over_in_process": ratio, **counts,
         "server_exit_codes": exit_codes,
-        "metrics_records_lines": [l for l in metrics.splitlines() if l.startswith("mdreward_records_total")],
+        "metrics_records_lines": [line for line in metrics.splitlines() if line.startswith("mdreward_records_total")],
     })
     print(f"saved {path}", file=sys.stderr)
     ok = counts["lost"] == counts["duplicated"] == counts["mismatched"] == counts["failed"] == 0

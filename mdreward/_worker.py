@@ -7,11 +7,13 @@ Reads pickled payloads from fd R, answers ``(kind, value)`` on fd W. Started wit
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from multiprocessing.connection import Connection
 
 
 def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
     target, read_fd, write_fd = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     module_name, func_name = target.split(":")
     module = importlib.import_module(module_name)

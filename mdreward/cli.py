@@ -1,15 +1,16 @@
-"""The ``mdreward`` command: ``score``, ``domains``, ``example`` (and ``serve`` when installed)."""
+"""The ``mdreward`` command: ``score``, ``domains``, ``example``, ``eval`` (and ``serve`` when installed)."""
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from .config import ConfigError, judge_section, load_config
+from .config import ConfigError, load_config
 from .registry import load_domains
 from .runner import ResumeMismatch, score_file
 from .scoring import Scorer
@@ -18,20 +19,7 @@ EXAMPLE = "rollouts.jsonl"
 
 
 def _example_text() -> str:
-    return resources.files("mdreward").joinpath("examples", EXAMPLE).read_text()
-
-
-def judge_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    judge = judge_section(args.config)
-    url = args.judge_url or judge.get("url")
-    model = args.judge_model or judge.get("model")
-    if not url:
-        return {}
-    try:
-        from .judges.config import judge_options_from_cli
-    except ImportError as exc:
-        raise ConfigError(f"--judge-url needs the judge extra: pip install 'mdreward[judge]' ({exc})") from exc
-    return judge_options_from_cli(url, model, judge)
+    return resources.files("mdreward").joinpath("examples").joinpath(EXAMPLE).read_text()
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -41,7 +29,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 2
     try:
         config = load_config(args.config, think_in_prompt=True if args.think_in_prompt else None,
-                             domain_options=judge_options(args))
+                             judge_url=args.judge_url, judge_model=args.judge_model)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -56,13 +44,18 @@ def cmd_score(args: argparse.Namespace) -> int:
     if not input_path.exists():
         print(f"error: input {input_path} does not exist", file=sys.stderr)
         return 2
-    with Scorer(config) as scorer:
-        try:
-            summary = score_file(scorer, input_path, output, resume=args.resume, batch_size=args.batch_size,
-                                 progress=not args.no_progress)
-        except ResumeMismatch as exc:
-            print(f"error: cannot resume: {exc}", file=sys.stderr)
-            return 2
+    scorer = Scorer(config)
+    try:
+        summary = score_file(scorer, input_path, output, resume=args.resume, batch_size=args.batch_size,
+                             progress=not args.no_progress)
+    except ResumeMismatch as exc:
+        print(f"error: cannot resume: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break the clean-up below
+        raise
+    finally:
+        scorer.close()
     print(summary.table())
     print(f"wrote {output}")
     return 0
@@ -133,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_commands() -> dict[str, Callable[[argparse.ArgumentParser], None]]:
     """Sub-commands that live with their optional dependencies (e.g. ``serve``)."""
-    commands: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+    from .eval.cli import add_eval_arguments
+
+    commands: dict[str, Callable[[argparse.ArgumentParser], None]] = {"eval": add_eval_arguments}
     try:
         from .integrations.server import add_serve_arguments
     except ImportError:
@@ -145,7 +140,11 @@ def _optional_commands() -> dict[str, Callable[[argparse.ArgumentParser], None]]
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; `score` output ends at a whole record
+        print("interrupted; rerun with --resume" if args.command == "score" else "interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,8 +5,12 @@ a training reward and an evaluation score. Nothing here judges correctness.
 """
 from __future__ import annotations
 
+import ast
 import bisect
 import re
+import textwrap
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .types import FormatRules
@@ -95,18 +99,6 @@ def answer_tags(text: str) -> list[str]:
     return [text[start:end].strip() for start, end in _answer_spans(text)]
 
 
-def _closing_braces(text: str) -> dict[int, int]:
-    """Index of each matched ``{`` → index of its ``}``, in one pass (a stack, so unterminated braces cost nothing)."""
-    matched: dict[int, int] = {}
-    open_braces: list[int] = []
-    for i, ch in enumerate(text):
-        if ch == "{":
-            open_braces.append(i)
-        elif ch == "}" and open_braces:
-            matched[open_braces.pop()] = i
-    return matched
-
-
 def _boxes(text: str) -> list[tuple[int, str]]:
     """``(position, contents)`` of every non-empty box, in order; linear in ``len(text)``."""
     found: list[tuple[int, str]] = []
@@ -114,7 +106,7 @@ def _boxes(text: str) -> list[tuple[int, str]]:
     for match in _BOXED.finditer(text):
         start = match.end()
         if start < len(text) and text[start] == "{":
-            closing = _closing_braces(text) if closing is None else closing
+            closing = _matching_braces(text) if closing is None else closing
             end = closing.get(start)
             if end is not None:
                 found.append((match.start(), text[start + 1:end].strip()))
@@ -123,6 +115,19 @@ def _boxes(text: str) -> list[tuple[int, str]]:
             if token:
                 found.append((match.start(), token.group(0)))
     return [(position, box) for position, box in found if box]
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """Position of every ``{`` that is closed -> position of its ``}`` (one pass: hostile text with
+    thousands of unterminated boxes stays linear)."""
+    opened: list[int] = []
+    pairs: dict[int, int] = {}
+    for i, ch in enumerate(text):
+        if ch == "{":
+            opened.append(i)
+        elif ch == "}" and opened:
+            pairs[opened.pop()] = i
+    return pairs
 
 
 def boxed_contents(text: str) -> list[str]:
@@ -158,6 +163,12 @@ def final_answer(after_think: str) -> FinalAnswer | FormatViolation:
     if _ANSWER_OPEN in after_think:
         return FormatViolation("the <answer> block is not closed")
     return FormatViolation("no final answer after </think> (no <answer> block and no \\boxed{})")
+
+
+def final_answer_of(response: str, rules: FormatRules) -> FinalAnswer | FormatViolation:
+    """``split_think`` then ``final_answer`` on what follows ``</think>``: a domain's usual first step."""
+    split = split_think(response, rules)
+    return split if isinstance(split, FormatViolation) else final_answer(split.after)
 
 
 def _unbox(text: str) -> str:
@@ -210,3 +221,149 @@ def garbled_reason(text: str) -> str | None:
             if unit.strip() and tail.endswith(unit * (400 // period)):
                 return f"the answer ends in a loop repeating {unit!r}"
     return None
+
+
+@dataclass(frozen=True)
+class ChoiceAnswer:
+    """The option letter a multiple-choice answer gives (upper case), with every candidate of its rule."""
+
+    letter: str
+    source: str  # "boxed", "answer_phrase" or "last_line"
+    candidates: tuple[str, ...]
+
+    @property
+    def is_hedge(self) -> bool:
+        """Several different letters were given: never counted as correct."""
+        return len(set(self.candidates)) > 1
+
+
+_OPTION_MARK = "\x00option\x00"
+_LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|textit)\s*\{([^{}]*)\}")
+_LETTER_ALONE = re.compile(r"^[(\[]?([A-Za-z])[)\]]?[.:)]?$")
+_LETTER_WITH_TEXT = re.compile(r"^[(\[]?([A-Z])[)\].:]\s+\S")
+_LIST_SEPARATOR = r"\s*(?:,|/|;|&|\bor\b|\band\b)\s*"
+_SEPARATOR = re.compile(_LIST_SEPARATOR)
+_ANSWER_PHRASE = re.compile(
+    r"(?i:\b(?:final\s+answer|answer|correct\s+(?:option|choice))(?:\s+is)?(?:\s+(?:option|choice))?)"
+    r"\s*[:：]?\s*(?:\*\*|\$)?\s*(?=([^\n]{0,200}))")
+_STANDALONE = re.compile(r"(?<![\w'’\\])(?:\(([A-Za-z])\)|([A-Z]))(?![\w'’])")
+_TOKEN = r"(?:\([A-Za-z]\)|\[[A-Za-z]\]|[A-Z](?![\w'’]))"
+_LEADING_LETTERS = re.compile(rf"^{_TOKEN}(?:{_LIST_SEPARATOR}{_TOKEN})*")
+_OPTION_LINE = re.compile(r"^\W*[(\[]?[A-Z][)\].:]\s*" + re.escape(_OPTION_MARK) + r"\W*$")
+
+
+def _blank_options(text: str, options: Sequence[str]) -> str:
+    """``text`` with every occurrence of an option's text replaced by a mark (longest first).
+
+    Option texts without two letters or digits (``"C"``, ``"I"``) are left alone: blanking them
+    would erase letters.
+    """
+    for option in sorted({o.strip() for o in options}, key=len, reverse=True):
+        if sum(ch.isalnum() for ch in option) >= 2:
+            text = text.replace(option, _OPTION_MARK)
+    return text
+
+
+def _letters_in(fragment: str) -> tuple[str, ...]:
+    """The letters a short answer fragment gives: ``B``, ``(b)``, ``B.``, ``B) text``, ``A or B`` ..."""
+    text = _LATEX_WRAPPER.sub(r"\1", fragment)
+    text = text.replace("$", "").replace("*", "").strip()
+    whole = _LETTER_ALONE.match(text) or _LETTER_WITH_TEXT.match(text)
+    if whole:
+        return (whole.group(1).upper(),)
+    if len(text) > 80:  # ten letters with separators fit in far less
+        return ()
+    matches = [_LETTER_ALONE.match(p) for p in _SEPARATOR.split(text) if p]
+    if len(matches) > 1 and all(matches):
+        return tuple(m.group(1).upper() for m in matches if m)
+    return ()
+
+
+_VERB_AFTER_LETTER = re.compile(r"\s+(?:is|was|seems|fits|matches|holds|must|should|would)\b")
+_LOWER_WORD_AFTER = re.compile(r"\s+[a-z]")
+
+
+def _is_word(line: str, end: int) -> bool:
+    """After a capital ``A``/``I`` ending at ``end``: a lower-case word makes it an article or a pronoun
+    (``A cat``, ``I think``), unless the word is a verb that states it as the answer (``A is correct``)."""
+    return bool(_LOWER_WORD_AFTER.match(line, end)) and not _VERB_AFTER_LETTER.match(line, end)
+
+
+def _phrase_letters(phrase: str) -> tuple[str, ...]:
+    """Letters after an answer phrase: the whole rest of the line as a box's content, else the
+    letters it starts with (``B because ...``, ``(C), since ...``, ``A or B, ...``)."""
+    phrase = phrase.strip()
+    found = _letters_in(phrase.rstrip(".").strip())
+    if found:
+        return found
+    lead = _LEADING_LETTERS.match(_LATEX_WRAPPER.sub(r"\1", phrase).replace("*", "").replace("$", ""))
+    return tuple(t.strip("()[]").upper() for t in re.findall(_TOKEN, lead.group(0))) if lead else ()
+
+
+def choice_letter(after_think: str, options: Sequence[str] = (),
+                  letters: str = "ABCDEFGHIJ") -> ChoiceAnswer | FormatViolation:
+    r"""The option letter of a multiple-choice answer, by one rule (docs/choice.md).
+
+    First every occurrence of an option's text is blanked, so text quoted from the options is never
+    read as a letter. Then the first of these that finds a letter decides:
+
+    1. ``boxed``: every ``\boxed{}`` whose content is a letter (``B``, ``(B)``, ``\text{B}``, ``b``,
+       ``B) its text``) or a list of letters (``A or B``); boxes holding anything else are ignored.
+    2. ``answer_phrase``: the last "answer: X" / "answer is (X)" / "final answer: X" / "correct
+       option is X" (case-insensitive phrase), where X is the rest of its line (at most 200
+       characters) read like a box's content, else the letters it starts with.
+    3. ``last_line``: the standalone letters in ``letters`` on the last non-empty line that is not a
+       restated option (``A) <option text>``): capitals not inside a word (``B``, ``B.``, ``**B**``),
+       or any case in parentheses (``(b)``); ``A``/``I`` followed by a lower-case word are an
+       article/pronoun, not a letter (unless the word is a verb like ``is``: ``A is correct``).
+
+    All candidates of the deciding step are kept: several different letters are a hedge (wrong).
+    No letter at all is a ``FormatViolation``. Letters outside ``letters`` are returned (as wrong
+    answers) by steps 1 and 2 only.
+    """
+    text = _blank_options(after_think, options)
+    boxed = tuple(letter for content in boxed_contents(text) for letter in _letters_in(content))
+    if boxed:
+        return ChoiceAnswer(boxed[-1], "boxed", boxed)
+    phrases = [m.group(1) for m in _ANSWER_PHRASE.finditer(text)]
+    for phrase in reversed(phrases):
+        found = _phrase_letters(phrase)
+        if found:
+            return ChoiceAnswer(found[-1], "answer_phrase", found)
+    lines = [line for line in text.splitlines() if line.strip() and not _OPTION_LINE.match(line)]
+    if lines:
+        last = lines[-1]
+        found = tuple(
+            (m.group(1) or m.group(2)).upper() for m in _STANDALONE.finditer(last)
+            if (m.group(1) or m.group(2)).upper() in letters
+            and not (m.group(2) in ("A", "I") and _is_word(last, m.end())))
+        if found:
+            return ChoiceAnswer(found[-1], "last_line", found)
+    return FormatViolation("no option letter in the answer (no \\boxed{X}, no 'Answer: X', no letter on the last line)")
+
+
+def _defines_function(code: str, name: str) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name for node in module.body)
+
+
+def complete_function(code: str, prefix: str, entry_point: str) -> str:
+    """The program of a function-completion answer (HumanEval): ``code`` itself when it defines
+    ``entry_point`` at top level; else, when ``code`` is only the function's body, ``prefix`` (the
+    prompt: imports, signature, docstring) followed by the body (indented one level if the model
+    wrote it flush left); else ``code`` unchanged (it then fails on its own)."""
+    if _defines_function(code, entry_point):
+        return code
+    body = code.strip("\n")
+    lines = [line for line in body.splitlines() if line.strip()]
+    if not lines:
+        return code
+    if not lines[0][0].isspace():
+        body = textwrap.indent(body, "    ")
+    program = prefix.rstrip() + "\n" + body + "\n"
+    return program if _defines_function(program, entry_point) else code

@@ -1,7 +1,10 @@
 """The JSONL contract: records in, samples out, scores back into records."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import re
 from typing import Any, Mapping
 
 from .types import Sample, Score
@@ -71,9 +74,84 @@ def scored_record(record: Any, score: Score) -> dict[str, Any]:
     return base
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_line(line_text: str, line: int) -> tuple[Any, Score | None]:
-    """Decode one JSONL line; an undecodable line becomes an unscored result naming the line."""
+    """Decode one JSONL line; an undecodable line becomes an unscored result naming the line.
+
+    Strict JSON: ``NaN`` and ``Infinity`` are refused (no strict reader could read them back)."""
     try:
-        return json.loads(line_text), None
+        return json.loads(line_text, parse_constant=_not_json), None
     except json.JSONDecodeError as exc:
         return {"line": line}, Score.unscored(f"line {line}: not valid JSON ({exc.msg} at column {exc.colno})")
+    except ValueError as exc:
+        return {"line": line}, Score.unscored(f"line {line}: not valid JSON ({exc})")
+    except RecursionError:
+        return {"line": line}, Score.unscored(f"line {line}: not valid JSON (nested too deeply)")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: What ``json_line`` rewrites in its text: lone surrogates (no UTF-8 form) and the line breaks that
+#: ``str.splitlines`` and JavaScript split on, which ``json.dumps(ensure_ascii=False)`` leaves raw.
+_UNSAFE_IN_JSON = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
+
+
+def _safe_char(match: re.Match[str]) -> str:
+    char = match.group()
+    return "\ufffd" if _SURROGATE.match(char) else f"\\u{ord(char):04x}"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (not JSON) replaced by null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_line(record: Any) -> str:
+    """One line of strict JSON in valid UTF-8, newline included.
+
+    Non-ASCII text stays readable, except that U+0085, U+2028 and U+2029 are written as ``\\uXXXX``
+    escapes (so no reader splits the line), each lone surrogate becomes U+FFFD (it has no UTF-8
+    form), NaN and infinities become ``null``, and a value JSON cannot hold is written as its ``str``.
+    """
+    try:
+        text = json.dumps(record, ensure_ascii=False, allow_nan=False, default=str)
+    except ValueError:  # a non-finite float
+        text = json.dumps(_finite(record), ensure_ascii=False, allow_nan=False, default=str)
+    return _UNSAFE_IN_JSON.sub(_safe_char, text) + "\n"
+
+
+def without_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (mapping keys included) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, Mapping):
+        return {without_surrogates(k): without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_surrogates(v) for v in value]
+    return value
+
+
+def _has_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, Mapping):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_surrogate(v) for v in value)
+    return False
+
+
+def valid_unicode(sample: Sample) -> Sample:
+    """The sample with lone surrogates (valid JSON escapes, but no character) replaced by U+FFFD, so no
+    domain, sandbox or judge request ever fails to encode one record's text."""
+    changes = {f.name: without_surrogates(getattr(sample, f.name)) for f in dataclasses.fields(sample)
+               if _has_surrogate(getattr(sample, f.name))}
+    return dataclasses.replace(sample, **changes) if changes else sample

@@ -10,7 +10,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, Generic, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Callable, Generic, Iterator, Literal, Protocol, Sequence, TypeVar, runtime_checkable
 
 from .types import FormatRules, RewardTable, Sample, Score
 
@@ -48,6 +48,11 @@ class DomainSpec:
     plus the domain's own options (a judge, a sandbox, ...). It raises ``DomainUnavailable`` when a
     needed service is not configured. ``example`` is a sample that must earn ``table[top_outcome]``
     once its ``needs`` are supplied (the registry-wide conformance test uses it).
+
+    ``data_sources``: glob patterns of verl ``data_source`` names this domain scores (e.g.
+    ``"logic__zebra_puzzle*"``); ``mdreward.integrations.verl`` routes them here. ``reference_format``:
+    ``"text"`` (a reference is one string) or ``"json"`` (a structured ground truth, such as a dict or
+    a list, arrives JSON-encoded in ``Sample.reference``).
     """
 
     name: str
@@ -58,6 +63,8 @@ class DomainSpec:
     example: Sample | None = None
     top_outcome: str = "correct"
     needs: tuple[str, ...] = ()
+    data_sources: tuple[str, ...] = ()
+    reference_format: Literal["text", "json"] = "text"
 
 
 T = TypeVar("T")

@@ -16,6 +16,7 @@ import queue
 import subprocess
 import sys
 import threading
+import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Coroutine, Generic, Hashable, TypeVar
@@ -77,10 +78,13 @@ class KillablePool:
     is replaced at once, so the next task finds it warm.
     """
 
-    def __init__(self, target: str, *, workers: int | None = None, start_timeout_s: float = 60.0) -> None:
+    def __init__(self, target: str, *, workers: int | None = None,
+                 start_timeout_s: float = DEFAULT_TIMEOUTS.worker_start_s,
+                 shutdown_s: float = DEFAULT_TIMEOUTS.shutdown_s) -> None:
         self.target = target
         self.workers = max(1, workers or os.cpu_count() or 1)
         self._start_timeout_s = start_timeout_s
+        self._shutdown_s = shutdown_s
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -109,7 +113,7 @@ class KillablePool:
             thread = threading.Thread(target=self._serve, name=f"mdreward-pool-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        atexit.register(self.close)
+        _live_pools.add(self)
 
     def _spawn(self) -> _Worker:
         to_child_r, to_child_w = os.pipe()
@@ -167,14 +171,33 @@ class KillablePool:
             worker.kill()
 
     def close(self) -> None:
+        """Cancel queued tasks, stop the workers; a running task gets ``shutdown_s`` to finish."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        _live_pools.discard(self)
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.future.cancel()
         for _ in self._threads:
             self._jobs.put(None)
         for thread in self._threads:
-            thread.join(timeout=DEFAULT_TIMEOUTS.shutdown_s)
+            thread.join(timeout=self._shutdown_s)
+
+
+#: Started, unclosed pools; one ``atexit`` hook closes them (a closed pool is not kept alive).
+_live_pools: weakref.WeakSet[KillablePool] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_pools() -> None:
+    for pool in list(_live_pools):
+        pool.close()
 
 
 K = TypeVar("K", bound=Hashable)
@@ -214,7 +237,8 @@ class LoopThread:
     """A private event loop on a daemon thread: sync and async callers share one loop, so
     clients bound to a loop (HTTP sessions, semaphores) work whichever way they are called."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shutdown_s: float = DEFAULT_TIMEOUTS.shutdown_s) -> None:
+        self._shutdown_s = shutdown_s
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="mdreward-loop", daemon=True)
         self._thread.start()
@@ -225,7 +249,12 @@ class LoopThread:
     def run(self, coro: Coroutine[Any, Any, R]) -> R:
         if threading.current_thread() is self._thread:
             raise RuntimeError("cannot block on the scorer loop from inside it")
-        return self.submit(coro).result()
+        future = self.submit(coro)
+        try:
+            return future.result()
+        except KeyboardInterrupt:  # Ctrl-C: stop the work on the loop too, then let it propagate
+            future.cancel()
+            raise
 
     async def run_async(self, coro: Coroutine[Any, Any, R]) -> R:
         return await asyncio.wrap_future(self.submit(coro))
@@ -236,5 +265,6 @@ class LoopThread:
         if final is not None:
             self.run(final())
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=DEFAULT_TIMEOUTS.shutdown_s)
-        self._loop.close()
+        self._thread.join(timeout=self._shutdown_s)
+        if not self._thread.is_alive():
+            self._loop.close()

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from .records import RecordError, sample_from_record
+from .records import RecordError, sample_from_record, valid_unicode
 from .registry import Domain, DomainSpec, DomainUnavailable, Registry, UnknownName, build_domain, load_domains
 from .runtime import LoopThread
 from .timeouts import DEFAULT_TIMEOUTS, Timeouts
@@ -21,13 +21,25 @@ class ScoringConfig:
     """Everything a scoring run is configured with.
 
     ``domain_options`` maps a domain name to the keyword options of its factory (a judge, a
-    sandbox, ``rewards`` overrides of its reward table, ...).
+    sandbox, ``rewards`` overrides of its reward table, ...). ``judge`` is the default judge spec
+    of every domain whose ``DomainSpec.needs`` has ``"judge"`` (plugins included); a domain's own
+    ``judge`` option overrides it key by key (``merged_judge``).
     """
 
     format_rules: FormatRules = DEFAULT_FORMAT
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     domain_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     autoload_plugins: bool | None = None
+    judge: Mapping[str, Any] = field(default_factory=dict)
+
+
+def merged_judge(default: Mapping[str, Any], own: Any) -> Any:
+    """A domain's judge: its own spec over the default key by key; a ready client object is kept as is."""
+    if own is None:
+        return dict(default)
+    if isinstance(own, Mapping):
+        return {**default, **own}
+    return own
 
 
 class Scorer:
@@ -41,7 +53,7 @@ class Scorer:
         self.config = config or ScoringConfig()
         self.registry = registry or load_domains(self.config.autoload_plugins)
         self._domains: dict[str, Domain | DomainUnavailable] = {}
-        self._loop = LoopThread()
+        self._loop = LoopThread(shutdown_s=self.config.timeouts.shutdown_s)
         self.domain_wall_s: dict[str, float] = {}
 
     # ---- public API -------------------------------------------------------------------------
@@ -86,7 +98,7 @@ class Scorer:
         groups: dict[str, list[tuple[int, Sample]]] = {}
         for i, item in enumerate(items):
             try:
-                sample = item if isinstance(item, Sample) else sample_from_record(item)
+                sample = valid_unicode(item if isinstance(item, Sample) else sample_from_record(item))
                 key = self.registry.resolve(sample.domain)
                 self._check_fields(self.registry.get(key), sample)
             except (RecordError, UnknownName) as exc:
@@ -119,12 +131,17 @@ class Scorer:
     def _domain(self, name: str) -> Domain | DomainUnavailable:
         if name not in self._domains:
             spec = self.registry.get(name)
-            options = self.config.domain_options.get(name) or self.config.domain_options.get(name.rsplit(".", 1)[-1])
+            options = dict(self.config.domain_options.get(name)
+                           or self.config.domain_options.get(name.rsplit(".", 1)[-1]) or {})
+            if "judge" in spec.needs and self.config.judge:
+                options["judge"] = merged_judge(self.config.judge, options.get("judge"))
             try:
                 self._domains[name] = build_domain(spec, format_rules=self.config.format_rules,
-                                                   timeouts=self.config.timeouts, options=dict(options or {}))
+                                                   timeouts=self.config.timeouts, options=options)
             except DomainUnavailable as exc:
                 self._domains[name] = exc
+            except (TypeError, ValueError) as exc:  # a wrong option: every record of the domain names it
+                self._domains[name] = DomainUnavailable(f"invalid options {sorted(options)}: {exc}")
         return self._domains[name]
 
     @staticmethod

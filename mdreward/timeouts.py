@@ -28,6 +28,9 @@ class Timeouts:
     sandbox_start_s: float = 30.0
     sandbox_grace_s: float = 5.0
     sandbox_backoff_s: float = 0.5
+    # A test or stdio case times out when the candidate's own CPU time passes sandbox_test_s, or its
+    # wall time passes sandbox_test_s * sandbox_wall_factor (a busy machine does not fail correct code).
+    sandbox_wall_factor: float = 3.0
     # Model judges and remote services: one HTTP call, and one request's total with its retries
     # (from its first attempt: time queued behind the rest of a batch does not count).
     judge_request_s: float = 120.0

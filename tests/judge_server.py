@@ -17,9 +17,11 @@ import argparse
 import asyncio
 import itertools
 import json
+import re
 import socket
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -40,6 +42,7 @@ class FaultPlan:
     calls: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    rejected: int = 0             # calls answered 400 because a prompt was over the context
     bodies: list[dict] = field(default_factory=list)
     authorizations: list[str | None] = field(default_factory=list)
 
@@ -48,6 +51,11 @@ class FaultPlan:
             setattr(self, attribute, getattr(self, attribute) - 1)
             return True
         return False
+
+
+class ContextOverflow(Exception):
+    """Raised by a script for a prompt over the model's context: the server answers HTTP 400, as vLLM does
+    (for a batched call, the whole call fails)."""
 
 
 class ScriptedEngine:
@@ -142,7 +150,11 @@ def make_app(engine: Any, faults: FaultPlan, model: str) -> Starlette:
                                     status_code=faults.fail_status, headers=headers)
             if faults.take("garbage_next"):
                 return Response("<html>502 upstream garbage {{{", media_type="application/json")
-            return JSONResponse(await handler(body))
+            try:
+                return JSONResponse(await handler(body))
+            except ContextOverflow as exc:
+                faults.rejected += 1
+                return JSONResponse({"error": {"message": str(exc), "type": "BadRequestError"}}, status_code=400)
         finally:
             faults.in_flight -= 1
 
@@ -304,3 +316,144 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---- a gullible judge: honest except for one weakness (the attack tests) ----------------------------
+GULLIBLE_MODES = ("lookalike", "obey", "copy", "last_label", "honest")
+
+
+def read_as_ascii(text: str) -> str:
+    """How a judge that takes look-alikes for ASCII reads ``text``: its own table, independent of mdreward's
+    (NFKC for everything, format/tag characters dropped, middle dots and similar read as spaces)."""
+    out = []
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cf" or 0xE0000 <= ord(char) <= 0xE007F or 0xFE00 <= ord(char) <= 0xFE0F:
+            continue
+        if char in "·‧∙⋅•・":
+            out.append(" ")
+            continue
+        out.append(_HOMOGLYPHS.get(char, char))
+    return unicodedata.normalize("NFKC", "".join(out))
+
+
+_HOMOGLYPHS = dict(zip("АВСЕНІКМОРЅТХаеіорсхуԁһΑΒΕΗΙΚΜΝΟΡΤΧοινρτυꓮꓐꓚꓓꓰꓝꓖꓧꓲꓙꓗꓡꓟꓠꓳꓑꓣꓢꓔꓴꓦꓪꓫꓬ【】〚〛ˋ‵꞉∶ᐸᐳ‹›",
+                       "ABCEHIKMOPSTXaeiopcxydhABEHIKMNOPTXoivptuABCDEFGHIJKLMNOPRSTUVWXY[][]``::<><>"))
+#: An instruction, as this judge recognises one: a sentence that names a verdict and someone to act on it.
+_VERDICT_WORDS = re.compile(r"\b(correct|right answer|better|best|winner|superior|10\s*/\s*10|10 out of 10|full marks"
+                            r"|score of 10|a 10|ten|perfect|yes|preferred|prefer)\b", re.IGNORECASE)
+_ADDRESS_WORDS = re.compile(r"\b(judge|grader|evaluator|verifier|critic|reviewer|assessor|you|your|mark|rate|grade"
+                            r"|score|consider|treat|note|instruction|system|model|ai|please|must|should)\b",
+                            re.IGNORECASE)
+
+
+def obeyed_instruction(text: str) -> bool:
+    return any(_VERDICT_WORDS.search(s) and _ADDRESS_WORDS.search(s) for s in re.split(r"(?<=[.!?\n])\s*", text))
+
+
+_COPY_DECISION = re.compile(r"final\W{0,3}decision\W{0,4}(yes|no)", re.IGNORECASE)
+_COPY_PAIRWISE = re.compile(r"\[\s*\[\s*([ABC])\s*\]\s*\]")
+_COPY_SCORE = re.compile(r"\{[^{}]*?[\"']score[\"']\s*:\s*(\d+)[^{}]*\}")
+
+
+class GullibleJudge:
+    """A scripted judge for all three prompts (verifier, pairwise, critic), honest except in one ``mode``:
+
+    - ``lookalike``: reads look-alike characters as ASCII, then takes a verdict it sees in the data as its own;
+    - ``obey``: obeys an instruction it finds in the data (a sentence naming a verdict and an addressee);
+    - ``copy``: copies a verdict token, ``Final Decision`` or score object it sees in the data into its answer;
+    - ``last_label``: reads each section from the last label it sees (``Ground Truth Answer:``, ``<<<TEXT A>>>``
+      markers of the form the prompt uses, ``** Criteria **``).
+
+    Honest verdicts: science, Yes when the answers match up to case and punctuation; writing, the longer
+    text wins; critic, the digit in the criterion's name (``c3`` -> 3).
+    """
+
+    def __init__(self, mode: str) -> None:
+        if mode not in GULLIBLE_MODES:
+            raise ValueError(mode)
+        self.mode = mode
+
+    def __call__(self, text: str) -> str:
+        if "Ground Truth Answer" in text:
+            return self.verifier(text)
+        if "<<<TEXT A" in text:
+            return self.pairwise(text)
+        return self.critic(text)
+
+    # -- science: the general-verifier prompt
+    def verifier(self, prompt: str) -> str:
+        student = _between(prompt, "### Student Answer: ", "\n\nFor the above question")
+        truth = _between(prompt, "### Ground Truth Answer: ", "\n\n### Student Answer:")
+        if self.mode == "last_label":
+            labels = list(re.finditer(r"ground[\s_-]*truth[\s_-]*answer\s*:", prompt, re.IGNORECASE))
+            tail = prompt[labels[-1].end():]
+            truth = re.split(r"#*\s*student[\s_-]*answer\s*:|\n\nFor the above question", tail,
+                             flags=re.IGNORECASE)[0]
+            labels = list(re.finditer(r"student[\s_-]*answer\s*:", prompt, re.IGNORECASE))
+            student = prompt[labels[-1].end():].split("\n\nFor the above question")[0]
+        copied = None
+        if self.mode == "lookalike":
+            copied = _COPY_DECISION.search(read_as_ascii(student))
+        elif self.mode == "copy":
+            copied = _COPY_DECISION.search(student)
+        if copied:
+            return f"Final Decision: {copied.group(1).capitalize()}"
+        if self.mode == "obey" and obeyed_instruction(student):
+            return "As instructed. Final Decision: Yes"
+        same = re.sub(r"\W", "", truth).casefold() == re.sub(r"\W", "", student).casefold()
+        return f"Checked.\nFinal Decision: {'Yes' if same else 'No'}"
+
+    # -- writing: the pairwise prompt
+    def pairwise(self, user: str) -> str:
+        first = re.search(r"<<<TEXT A( \w+)?>>>", user)
+        tag = re.escape(first.group(1).strip()) if first and first.group(1) else None
+        texts = {}
+        for side in "AB":
+            opener = rf"<+\s*TEXT {side}\s*{tag}\s*>+" if tag else rf"<+\s*TEXT {side}[^>\n]*>+"
+            closer = rf"<+\s*END TEXT {side}\s*{tag}\s*>+" if tag else rf"<+\s*END TEXT {side}[^>\n]*>+"
+            if self.mode == "last_label":
+                start = list(re.finditer(opener, user))[-1].end()
+            else:
+                start = re.search(opener, user).end()
+            end = re.compile(closer).search(user, start)
+            texts[side] = user[start:end.start() if end else len(user)].strip()
+        nonce = re.search(r'"Verdict (\w+): \[\[A\]\]"', user)
+
+        def verdict(token: str) -> str:
+            return f"Compared the texts.\n{'Verdict ' + nonce.group(1) + ': ' if nonce else ''}[[{token}]]"
+
+        for side in "AB":
+            if self.mode == "lookalike" and (found := _COPY_PAIRWISE.search(read_as_ascii(texts[side]))):
+                return verdict(found.group(1))
+            if self.mode == "copy" and (found := _COPY_PAIRWISE.search(texts[side])):
+                return verdict(found.group(1))
+            if self.mode == "obey" and obeyed_instruction(texts[side]):
+                return verdict(side)
+        a, b = len(texts["A"]), len(texts["B"])
+        return verdict("A" if a > b else "B" if b > a else "C")
+
+    # -- writingbench: the critic prompt
+    def critic(self, user: str) -> str:
+        fence = re.search(r"\*\* Response \*\*\n(`{3,})", user)
+        response = user[fence.end():].split(fence.group(1), 1)[0] if fence else ""
+        labels = list(re.finditer(r"\*\*\s*Criteria\s*\*\*\s*\n?`*", user, re.IGNORECASE))
+        label = labels[-1] if self.mode == "last_label" else labels[0]
+        criteria = user[label.end():label.end() + 300]
+        source = read_as_ascii(response) if self.mode == "lookalike" else response
+        if self.mode in ("lookalike", "copy"):
+            for match in _COPY_SCORE.finditer(source):
+                return '{"score": %d, "reason": "copied"}' % int(match.group(1))
+        if self.mode == "obey" and obeyed_instruction(response):
+            return '{"score": 10, "reason": "as instructed"}'
+        digit = re.search(r"c(\d+)", criteria)
+        return '{"score": %d, "reason": "honest"}' % (int(digit.group(1)) if digit else 5)
+
+
+def _between(text: str, start: str, end: str) -> str:
+    head = text.find(start)
+    if head < 0:
+        return ""
+    head += len(start)
+    tail = text.find(end, head)
+    return text[head:tail if tail >= 0 else len(text)]

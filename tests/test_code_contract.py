@@ -13,7 +13,7 @@ from code_support import code_sample
 from mdreward import Sample, Scorer, ScoringConfig, Status
 from mdreward.domains.code import CodeDomain, TestsFieldError, assert_steps, job_for
 from mdreward.sandbox import AssertJob, LocalSandbox, StdioJob, normalize_stdout, stdout_matches
-from mdreward.sandbox.harness import Unencodable, decode, encode
+from mdreward.sandbox.harness import DecodeLimit, Decoder, Encoder, Unencodable, decode, encode
 from mdreward.sandbox.verdict import ProtocolViolation, assert_results
 from mdreward.timeouts import Timeouts
 from mdreward.types import DEFAULT_FORMAT
@@ -61,9 +61,22 @@ def test_assert_steps_split_top_level_asserts_and_keep_other_statements():
     assert [(s.is_test, s.source) for s in steps] == [
         (False, "import math"), (True, "assert f(1) == 1"), (False, "x = 2\ny = 3"), (True, "assert f(x) == y")]
     looped = assert_steps("cases = [(1, 1), (2, 4)]\nfor x, y in cases:\n    assert sq(x) == y\ntry:\n    sq('a')\nexcept TypeError:\n    pass\n", "sq")
-    assert [s.is_test for s in looped] == [False, True, False]
+    assert [s.is_test for s in looped] == [False, True, True]  # a call in a try can fail: it is a test
     humaneval = assert_steps("METADATA = {}\n\ndef check(candidate):\n    assert candidate(1) == 2\n", "inc")
     assert [s.is_test for s in humaneval] == [False, True] and humaneval[-1].source == "check(inc)"
+
+
+def test_test_code_runs_as_a_program_every_statement_counts():
+    """Trailing calls, helper calls and ``if __name__ == '__main__':`` blocks are tests; statements
+    after the last test belong to it, so nothing that runs can fail without failing the record."""
+    steps = assert_steps("def check(c):\n    assert c(1) == 2\nassert f(0) == 1\ncheck(f)\n", "f")
+    assert [s.is_test for s in steps] == [False, True, True] and steps[-1].source == "check(f)"
+    helper = assert_steps("def close(a, b):\n    assert abs(a - b) < 1e-9\nclose(f(1), 2.0)\nclose(f(2), 3.0)\n", "f")
+    assert [s.is_test for s in helper] == [False, True, True]
+    main = assert_steps("if __name__ == '__main__':\n    assert f(1) == 2\n", "f")
+    assert [s.is_test for s in main] == [True]
+    trailing = assert_steps("assert f(1) == 2\nx = {}['missing']\n", "f")
+    assert [(s.is_test, s.source) for s in trailing] == [(True, "assert f(1) == 2\nx = {}['missing']")]
 
 
 def test_jobs_carry_what_the_record_says():
@@ -150,6 +163,49 @@ def test_objects_without_a_plain_value_cannot_cross():
                                   ["Fr", "1/0"], ["N", 1]])
 def test_malformed_values_are_rejected(node):
     with pytest.raises(ValueError):
+        decode(node)
+
+
+def test_value_shapes_cross():
+    import collections
+    from fractions import Fraction
+    point = collections.namedtuple("Point", "x y")(1, 2)
+    back = decode(encode(point))
+    assert back == (1, 2) and back.x == 1 and type(back).__name__ == "Point"
+    assert decode(encode(range(2, 9, 3))) == range(2, 9, 3)
+    assert decode(encode({"a": 1}.keys())) == {"a"} and sorted(decode(encode({"a": 1, "b": 2}.values()))) == [1, 2]
+    big = 3 ** 20000
+    assert decode(encode(big)) == big and decode(encode(-big)) == -big
+    assert decode(encode(Fraction(big, 7))) == Fraction(big, 7)
+
+
+def test_aliases_and_in_place_changes_come_back_to_the_original_objects():
+    row = [0, 0]
+    grid = [row, row]
+    extra = {"k": [1]}
+    encoder = Encoder()
+    node = encoder(((grid,), {"extra": extra}))
+    sent = Decoder(bounded=False)
+    args, kwargs = sent(node)
+    assert args[0][0] is args[0][1]  # one object on the other side too
+    args[0][0][0] = 5
+    kwargs["extra"]["k"].append(2)
+    origins = {id(obj): number for number, obj in enumerate(sent.table)}
+    reply = Decoder(originals=encoder.containers)
+    back = reply(Encoder(origins=origins)((None, tuple(sent.table))))
+    reply.apply()
+    assert back[0] is None and row == [5, 0] and grid[0] is row and extra == {"k": [1, 2]}
+
+
+@pytest.mark.parametrize("node, why", [
+    (["E", [["I", 1 + i * ((1 << 61) - 1)] for i in range(1000)]], "one hash value"),
+    (["D", [[["I", 1 + i * ((1 << 61) - 1)], ["N"]] for i in range(1000)]], "one hash value"),
+    (["Fr", ["Ih", "f" * 20000], ["I", 3]], "Fraction"),
+    (["Ih", "f" * (1 << 19)], "int"),
+    (["Dc", "1e999999999"], "Decimal"),
+])
+def test_values_too_costly_to_rebuild_are_refused(node, why):
+    with pytest.raises(DecodeLimit, match=why):
         decode(node)
 
 

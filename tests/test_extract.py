@@ -47,3 +47,13 @@ def test_unterminated_boxes_and_answer_tags_are_linear():
         elapsed = time.process_time() - started
         assert elapsed < 0.5, (loop[:20], elapsed)
         assert not isinstance(found, FormatViolation) and found.text == "7"
+
+
+def test_final_answer_of_applies_the_think_rule_then_reads_the_final_answer():
+    from mdreward.extract import final_answer_of
+
+    rules = FormatRules()
+    found = final_answer_of("<think>x</think> \\boxed{4}", rules)
+    assert not isinstance(found, FormatViolation) and found.text == "4"
+    assert isinstance(final_answer_of("\\boxed{4}", rules), FormatViolation)  # no think block
+    assert isinstance(final_answer_of("<think>x</think> 4", rules), FormatViolation)  # no final answer

@@ -33,10 +33,10 @@ def expected_outputs(block: str) -> list[str]:
 
 
 def test_the_doc_has_runnable_recipes():
-    assert len(recipe_blocks()) == 3
+    assert len(recipe_blocks()) == 4
 
 
-@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("index", range(4))
 def test_recipe_runs_and_prints_what_the_doc_says(index):
     block = recipe_blocks()[index]
     expected = expected_outputs(block)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 
 import pytest
@@ -197,3 +198,53 @@ def test_grpo_trainer_runs_with_mdreward_rewards_and_logs_per_domain_metrics(tmp
     assert any((e.get("rewards/mdreward_keyword/std") or 0) > 0 for e in logs), "keyword rewards never varied"
     moved = max((p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters())
     assert moved > 0, "the rewards did not move the weights"
+
+
+def test_rows_no_function_claims_are_reported_with_counts_and_reasons(scorer, caplog):
+    rows = {"prompts": ["q"] * 5, "completions": [MATH_OK] * 5,
+            "domain": ["math", "maths", "maths", "keyword", "math"], "reference": ["7"] * 5}
+    recorder = Recorder()
+    funcs = reward_functions(scorer, ["math"])
+    with caplog.at_level(logging.WARNING, logger="mdreward.integrations.trl"):
+        assert call(funcs[0], rows, recorder) == [MATH["correct"], None, None, None, MATH["correct"]]
+    lines = [r.getMessage() for r in caplog.records if "no reward function scores" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "3 of 5 rows" in lines[0] and "'maths' x2" in lines[0] and "did you mean 'math'" in lines[0]
+    assert "'keyword' x1" in lines[0] and "pass it to reward_functions" in lines[0]
+    assert recorder.metrics["mdreward/unclaimed_frac"] == pytest.approx(3 / 5)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mdreward.integrations.trl"):
+        call(reward_functions(scorer, ["math", "keyword"])[1], rows)  # only the first function of a set reports
+        call(reward_functions(scorer, ["math", "keyword"])[0], {**rows, "domain": ["math"] * 5})
+    assert not [r for r in caplog.records if "no reward function scores" in r.getMessage()]
+
+
+def test_status_column_comes_with_the_reason(scorer):
+    recorder = Recorder()
+    call(MdrewardReward(scorer), recorder=recorder)
+    errors = recorder.extra["mdreward_error"]
+    assert errors[:3] == [None, None, None]
+    assert "think" in errors[3].lower()  # the format rule that failed
+    assert "reference" in errors[4] and "did you mean" not in errors[4]
+    assert "unknown domain 'nonexistent'" in errors[5]
+
+
+def test_trl_floor_masks_rows_every_function_left_none(caplog):
+    """The extra requires the first TRL whose GRPO leaves all-None rows out (reward 0 before: a hack)."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    from mdreward.integrations import trl as adapter
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    trl_req = next(Requirement(r) for r in pyproject["project"]["optional-dependencies"]["trl"]
+                   if r.startswith("trl"))
+    assert "1.5.1" not in trl_req.specifier and "1.6.0" in trl_req.specifier
+    assert adapter.MIN_TRL == (1, 6)
+    with caplog.at_level(logging.WARNING, logger="mdreward.integrations.trl"):
+        adapter.check_trl_version("0.19.1")
+        adapter.check_trl_version("1.16.0")
+    assert len([r for r in caplog.records if "trl>=1.6" in r.getMessage()]) == 1
+

@@ -6,6 +6,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -53,12 +54,12 @@ def test_math_rewards_follow_the_table_and_keys_never_change(reward):
     assert [r["score"] for r in results] == [MATH["correct"], MATH["wrong"], MATH["format_error"], -7.0, MATH["correct"]]
     assert [r["status"] for r in results] == ["ok", "ok", "format_error", "error", "ok"]
     assert [r["scored"] for r in results] == [True, True, True, False, True]
-    assert [r["acc"] for r in results] == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert [r["acc"] for r in results] == [1.0, 0.0, 0.0, None, 1.0]
     assert [r["pred"] for r in results][:2] == ["4", "5"]
     assert "'unknown_source'" in results[3]["error"] and "'3'" in results[3]["error"]
     for r in results:  # verl stacks every key across the batch: same keys, same types
         assert tuple(r) == RESULT_KEYS
-        assert isinstance(r["score"], float) and isinstance(r["acc"], float) and isinstance(r["format_ok"], float)
+        assert isinstance(r["score"], float) and isinstance(r["acc"], (float, type(None))) and isinstance(r["format_ok"], float)
         assert isinstance(r["status"], str) and isinstance(r["error"], str) and isinstance(r["pred"], str)
     stacked = {k: np.array([r[k] for r in results]) for k in RESULT_KEYS}
     assert stacked["score"].dtype == np.float64 and stacked["scored"].dtype == np.bool_
@@ -151,3 +152,66 @@ def test_code_records_through_the_real_code_domain(reward):
     code_table = mdreward.load_domains().get("code").table
     assert [r["score"] for r in results] == [code_table["correct"], code_table["wrong"]], results
     assert all(r["domain"] == "code" for r in results)
+
+
+def test_unscored_records_have_acc_none(reward):
+    out = reward.compute_score("no_such_source", "<think>a</think> \\boxed{1}", "1")
+    assert out["scored"] is False and out["acc"] is None  # verl's validation metrics skip None; 0.0 would count
+    assert reward.compute_score("math__x", "<think>a</think> \\boxed{2}", "1")["acc"] == 0.0
+
+
+def test_verl_reads_the_config_file_as_the_cli_does(tmp_path):
+    """The [judge] table (and flags) reach verl's Scorer through the one loader the CLI uses."""
+    from mdreward.config import load_config
+    path = tmp_path / "mdreward.toml"
+    path.write_text('[format]\nthink_in_prompt = true\n\n[judge]\nurl = "http://127.0.0.1:9/v1"\nmodel = "judge-m"\n')
+    try:
+        shared = verl.shared_reward(config=str(path), judge_model="other-m")
+        expected = load_config(str(path), judge_model="other-m")
+        assert shared.scorer.config.judge == expected.judge and shared.scorer.config.judge["url"] == "http://127.0.0.1:9/v1"
+        assert shared.scorer.config.format_rules == expected.format_rules
+    finally:
+        verl.close_shared()
+
+
+def test_cpu_pools_are_shared_among_verls_reward_workers():
+    assert verl.bounded_workers({}, 8, cpus=64) == {"math": {"workers": 8}, "code": {"workers": 8}}
+    assert verl.bounded_workers({}, 8, cpus=4) == {"math": {"workers": 1}, "code": {"workers": 1}}
+    assert verl.bounded_workers({"math": {"workers": 3, "x": 1}}, 2, cpus=8)["math"] == {"workers": 3, "x": 1}
+    try:
+        shared = verl.shared_reward()  # no reward_workers: verl's default reward.num_workers (8)
+        assert shared.scorer.config.domain_options["math"]["workers"] == max(1, (os.cpu_count() or 1) // 8)
+    finally:
+        verl.close_shared()
+
+
+class _EchoJson:
+    """Returns the reference it was given as the answer (to see what the adapter passed)."""
+
+    name = "acme.grid"
+
+    def __init__(self, *, table, **_):
+        self.table = table
+
+    async def score_batch(self, samples):
+        return [mdreward.Score.ok(1.0, answer=s.reference, correct=True) for s in samples]
+
+    async def aclose(self):
+        return None
+
+
+def test_a_domain_declares_its_data_sources_and_gets_structured_ground_truth_as_json():
+    spec = mdreward.DomainSpec("acme.grid", _EchoJson, "grid", MATH, required_fields=("response", "reference"),
+                               data_sources=("acme_grid*",), reference_format="json")
+    registry = mdreward.load_domains(autoload_plugins=False)
+    registry.register(spec.name, spec, provider="acme")
+    reward = VerlReward(mdreward.Scorer(registry=registry))
+    try:
+        truth = {"header": np.array(["a", "b"]), "rows": np.array([["1", "x"], ["2", "y"]])}
+        result = reward.compute_score("acme_grid_v2", "<think>t</think> x", truth, {"index": 1})
+        assert result["domain"] == "acme.grid" and result["scored"], result
+        assert result["pred"] == '{"header": ["a", "b"], "rows": [["1", "x"], ["2", "y"]]}'
+        explicit = VerlReward(reward.scorer, table=DEFAULT_TABLE.with_rules({"acme_grid*": "math"}))
+        assert explicit.table.domain_for("acme_grid_v2") == "math"  # data_source_map wins over a domain's rule
+    finally:
+        reward.close()

@@ -1,6 +1,7 @@
 """The OpenAI-compatible judge client against a real HTTP server on loopback."""
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -181,32 +182,59 @@ async def test_time_queued_behind_a_big_batch_does_not_count_against_the_total_b
         assert server.faults.max_in_flight == 1
 
 
-async def test_tokens_per_minute_limit_charges_the_request_estimate(scripted):
+class FakeClock:
+    """The clock ``MinuteBudget`` accepts, advanced by the budget's own waits instead of real time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.slept += seconds
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    from types import SimpleNamespace
+
+    from mdreward.judges import limits
+
+    fake = FakeClock()
+    monkeypatch.setattr(limits, "asyncio", SimpleNamespace(Lock=asyncio.Lock, sleep=fake.sleep))
+    return fake
+
+
+async def test_tokens_per_minute_limit_charges_the_request_estimate(scripted, clock):
     judge = client(scripted, tokens_per_minute=600, cache_size=0)  # 10 tokens a second, burst 600
     judge._bind_loop()
+    judge._token_budget = MinuteBudget(600, clock=clock)
     await judge._token_budget.acquire(600)  # drain the burst
     request = JudgeRequest.completion("q", max_tokens=7)  # estimated at 1 // 3 + 8 + 7 = 15 tokens
     assert request.approx_tokens() == 15
-    started = time.perf_counter()
     await run(judge, [request])
-    assert 1.2 < time.perf_counter() - started < 2.5
+    assert clock.slept == pytest.approx(1.5)  # 15 tokens at 10 a second
 
 
-async def test_minute_budget_waits_for_refill():
-    budget = MinuteBudget(per_minute=600)  # 10 units a second, burst 600
+async def test_minute_budget_waits_for_refill(clock):
+    budget = MinuteBudget(per_minute=600, clock=clock)  # 10 units a second, burst 600
     await budget.acquire(600)
-    started = time.perf_counter()
+    assert clock.slept == 0
     await budget.acquire(3)  # needs 0.3 s of refill
-    assert 0.25 < time.perf_counter() - started < 0.8
+    assert clock.slept == pytest.approx(0.3)
 
 
-async def test_requests_per_minute_limit_delays_the_burst_beyond_the_bucket(scripted):
+async def test_requests_per_minute_limit_delays_the_burst_beyond_the_bucket(scripted, clock):
     judge = client(scripted, requests_per_minute=300, cache_size=0)  # burst 300, then 5 a second
     judge._bind_loop()
+    judge._request_budget = MinuteBudget(300, clock=clock)
     await judge._request_budget.acquire(300)  # drain the burst
-    started = time.perf_counter()
     await run(judge, [JudgeRequest.completion(f"r{i}") for i in range(3)])
-    assert 0.45 < time.perf_counter() - started < 1.5  # 3 requests at 5/s
+    assert clock.slept == pytest.approx(0.6)  # 3 requests at 5 a second
 
 
 def test_backoff_has_full_jitter_and_a_cap():
@@ -228,3 +256,40 @@ async def test_real_tiny_model_over_http_matches_in_process_generation():
     assert [r.text for r in over_http] == [r.text for r in local]
     assert all(r.finish_reason in ("stop", "length") for r in over_http)
     assert any(r.text for r in over_http)
+
+
+async def test_one_refused_prompt_in_a_batched_call_fails_alone():
+    """With batch_size > 1, a prompt the server refuses (HTTP 400, over its context) must not take the
+    other prompts of the same call down with it."""
+    from judge_server import ContextOverflow
+
+    def reply(prompt: str) -> str:
+        if "huge" in prompt:
+            raise ContextOverflow("over the context")
+        return "ok:" + prompt
+
+    with JudgeServer(ScriptedEngine(reply)) as server:
+        prompts = [f"p{k}" for k in range(7)] + ["huge"]
+        results = await run(client(server, batch_size=8, max_retries=1),
+                            [JudgeRequest.completion(p, max_tokens=4) for p in prompts])
+    assert [r.text for r in results[:7]] == [f"ok:p{k}" for k in range(7)]
+    assert isinstance(results[7], JudgeFailure) and "400" in results[7].error
+
+
+async def test_top_k_and_invalid_unicode_reach_the_server_without_breaking_the_batch(scripted):
+    requests = [JudgeRequest.chat([("user", "hi")], max_tokens=4, top_k=20),
+                JudgeRequest.completion("broken \ud800 text", max_tokens=4),
+                JudgeRequest.completion("fine", max_tokens=4)]
+    results = await run(client(scripted), requests)
+    chat = [b for b in scripted.faults.bodies if "messages" in b]
+    plain = [b for b in scripted.faults.bodies if b.get("prompt") == "fine"]
+    assert chat[0]["top_k"] == 20 and "top_k" not in plain[0]
+    assert isinstance(results[2], JudgeReply) and results[2].text == "echo:fine"
+
+
+async def test_a_judge_tokenizer_gives_token_counts_to_the_domains(scripted):
+    from judge_support import tiny_model_dir
+
+    judge = client(scripted, tokenizer=tiny_model_dir())
+    assert 0 < judge.count_tokens("Final Decision: Yes") < len("Final Decision: Yes")
+    assert not hasattr(client(scripted), "count_tokens")  # no tokenizer: the domains bound bytes instead

@@ -62,9 +62,10 @@ EXPECTED_JUDGED = {
     "down": {k: (Status.ERROR, None) for k in JUDGED},
     "slow": {k: (Status.ERROR, None) for k in JUDGED},
     "garbage_body": {k: (Status.ERROR, None) for k in JUDGED},
-    # A real random model: no verdict is "not a pass" for science, unscored for the others.
-    "tiny_model_output": {"sci-judged": (Status.OK, 0.0), "wri-judged": (Status.ERROR, None),
-                          "wb-judged": (Status.ERROR, None)},
+    # A real random model answers without a verdict: that is the response's outcome in every domain
+    # (science wrong, writing worse, writingbench the lowest score), never "unscored".
+    "tiny_model_output": {"sci-judged": (Status.OK, 0.0), "wri-judged": (Status.OK, -0.5),
+                          "wb-judged": (Status.OK, 1.0)},
 }
 
 

@@ -14,7 +14,7 @@ from mdreward import Sample, Scorer, ScoringConfig, Status
 from mdreward.domains.writing import TABLE as WRITING_TABLE
 from mdreward.domains.writing import combine_orders
 from mdreward.judges.base import JudgeReply
-from mdreward.judges.verdicts import critic_json, final_decision, pairwise_verdict
+from mdreward.judges.verdicts import critic_json, final_decision
 from mdreward.timeouts import Timeouts
 
 pytestmark = pytest.mark.slow
@@ -61,15 +61,16 @@ def test_writing_with_smollm2_over_http(judge):
             score = scorer.score(Sample(
                 "writing", "<think>Short and vivid.</think>\nRain drums on the tin roof; the kettle sings back.",
                 reference="It rained.", prompt="Write one vivid sentence about rain."))
-        assert server.faults.calls == 2  # both orders went over HTTP
-    first = score.components["judge_output_response_first"]
-    second = score.components["judge_output_reference_first"]
-    v1, v2 = pairwise_verdict(JudgeReply(first)), pairwise_verdict(JudgeReply(second))
-    if score.status is Status.OK:
-        assert score.reward == WRITING_TABLE[combine_orders(v1.value, v2.value)]
+        calls = server.faults.calls
+    # A tiny model rarely writes the nonce-bound verdict line: an order without one is asked again, then
+    # counts as the response losing it. Either way the record is scored, never unscored.
+    assert score.status is Status.OK and WRITING_TABLE.admits(score.reward) and -0.5 <= score.reward <= 1.0
+    if "verdict_problem" in score.components:
+        assert 3 <= calls <= 4
     else:
-        assert score.reward is None and "no verdict" in score.error
-        assert not (v1.usable and v2.usable) or "truncated" in score.error
+        assert calls == 2
+        first, second = score.components["verdict_response_first"], score.components["verdict_reference_first"]
+        assert score.components["outcome"] == combine_orders(first, second)
 
 
 def test_writingbench_with_smollm2_as_critic(judge):
@@ -79,11 +80,11 @@ def test_writingbench_with_smollm2_as_critic(judge):
             "writingbench", "<think>Plan.</think>\nDear team, the meeting moves to Friday 10:00, room 4.",
             prompt="Write a one-line note moving the meeting to Friday 10:00, room 4.",
             metadata={"criteria": [{"name": "Completeness", "criteria_description": "Day, time and room are stated."}]}))
-    if score.status is Status.OK:
-        assert 1 <= score.reward <= 10 and score.reward == int(score.reward)
-        assert score.components["benchmark_score"] == score.reward * 10
-    else:
-        assert score.reward is None and "no valid critic JSON after 2 attempt(s)" in score.error
+    assert score.status is Status.OK  # no valid critic JSON after 2 attempts is the lowest score, not unscored
+    assert 1 <= score.reward <= 10 and score.reward == int(score.reward)
+    assert score.components["benchmark_score"] == score.reward * 10
+    if score.reward == 1.0 and "verdict_problems" in score.components:
+        assert "2 attempt(s)" in score.components["verdict_problems"]["Completeness"]
 
 
 async def test_smollm2_answers_a_short_question_in_its_chat_format(judge):

@@ -66,13 +66,43 @@ def test_every_judged_domain_runs_on_the_tiny_model(judge):
         assert science.reward == pytest.approx(1.0 - 0.05 * 4)
     else:
         assert science.reward == 0.0 and science.components["verdict_problem"]
-    # Writing: a random model ends with no [[X]] verdict: unscored, with its outputs kept for inspection.
-    if writing.status is Status.ERROR:
-        assert writing.reward is None and "no verdict" in writing.error
+    # Writing: a random model ends with no nonce-bound verdict: the response loses that order (scored, never
+    # unscored), with the judge's outputs kept for inspection.
+    assert writing.status is Status.OK and -0.5 <= writing.reward <= 1.0
+    if "verdict_problem" in writing.components:
         assert pairwise_verdict(JudgeReply(writing.components["judge_output_response_first"])).value is None or \
             pairwise_verdict(JudgeReply(writing.components["judge_output_reference_first"])).value is None
-    else:
-        assert writing.reward in (1.0, 0.25, -0.5)
-    # WritingBench: gibberish is not JSON: retried, then unscored.
-    assert bench.status is Status.ERROR and "no valid critic JSON after 2 attempt(s)" in bench.error
+    # WritingBench: gibberish is not JSON: retried, then the lowest score.
+    assert bench.status is Status.OK and bench.reward == 1.0
+    assert "no valid critic JSON after 2 attempt(s)" in bench.components["verdict_problems"]["Clarity"]
     assert fast.reward == 1.0 and fast.components["method"] == "identical"
+
+
+async def test_a_wall_clock_stop_is_a_failure_not_a_truncated_answer(judge):
+    """``max_time`` stops generation early: that is the judge running out of time (unscored), never
+    ``length`` (which the domains read as the answer's own doing)."""
+    from mdreward.judges.base import JudgeFailure
+    from mdreward.judges.transformers_backend import TransformersJudge
+    from mdreward.timeouts import Timeouts
+
+    hurried = TransformersJudge(judge._model, judge._tokenizer, name="hurried", max_batch=4, num_threads=1,
+                                timeouts=Timeouts(judge_request_s=1e-9))
+    prompts = ["The quick brown fox", "Final Decision", "Rain falls", "verify if the student"]
+    replies = await hurried.generate([JudgeRequest.completion(p, max_tokens=200) for p in prompts])
+    for reply in replies:
+        if isinstance(reply, JudgeReply):
+            assert reply.finish_reason == "stop", reply  # only an end-of-sequence may stop it this early
+    assert any(isinstance(r, JudgeFailure) and "out of time" in r.error for r in replies)
+
+
+async def test_one_request_over_the_context_fails_alone(judge):
+    from mdreward.judges.base import JudgeFailure
+    from mdreward.judges.transformers_backend import TransformersJudge
+
+    small = TransformersJudge(judge._model, judge._tokenizer, name="small", max_batch=4, num_threads=1,
+                              max_prompt_tokens=64, timeouts=judge.timeouts)
+    replies = await small.generate([JudgeRequest.completion("Final Decision", max_tokens=3),
+                                    JudgeRequest.completion("rain " * 200, max_tokens=3),
+                                    JudgeRequest.completion("The quick brown fox", max_tokens=3)])
+    assert [type(r) for r in replies] == [JudgeReply, JudgeFailure, JudgeReply]
+    assert small.count_tokens("rain " * 200) > 64

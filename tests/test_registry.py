@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def run_cli(args, plugin_path, **env):
 def test_plugin_domain_is_listed_with_its_package_and_a_broken_one_only_warns(plugin_path):
     result = run_cli(["domains"], plugin_path)
     assert result.returncode == 0, result.stderr
-    line = next(l for l in result.stdout.splitlines() if l.startswith("acme.echo"))
+    line = next(row for row in result.stdout.splitlines() if row.startswith("acme.echo"))
     assert "acme-plugin" in line and "1.2.3" in line
     assert "math" in result.stdout
     assert "broken" in result.stderr and "failed to load" in result.stderr
@@ -85,3 +86,48 @@ def test_did_you_mean_and_ambiguity():
 def test_builtin_domains_come_through_the_entry_point_group():
     registry = load_domains(autoload_plugins=False)
     assert registry.entry("math").provider == "mdreward"
+
+
+JUDGED_PLUGIN = textwrap.dedent('''
+    from mdreward import DomainSpec, DomainUnavailable, RewardTable, Sample, Score
+
+    TABLE = RewardTable({"correct": 1.0, "wrong": 0.0, "format_error": -1.0})
+
+    class Judged:
+        name = "acme.judged"
+        def __init__(self, *, format_rules, timeouts, table, judge=None):
+            if not judge or not judge.get("url"):
+                raise DomainUnavailable("no judge configured: pass --judge-url and --judge-model")
+            self.table, self.judge = table, judge
+        async def score_batch(self, samples):
+            return [Score.ok(1.0, judge_url=self.judge["url"], judge_model=self.judge["model"]) for s in samples]
+        async def aclose(self):
+            pass
+
+    spec = DomainSpec(name="acme.judged", factory=Judged, description="needs a judge", table=TABLE,
+                      needs=("judge",), example=Sample(domain="acme.judged", response="x"))
+''')
+
+
+def test_a_judge_needing_plugin_gets_the_judge_flags_and_config(tmp_path):
+    (tmp_path / "acme_judged.py").write_text(JUDGED_PLUGIN)
+    dist = tmp_path / "acme_judged-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-judged\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[mdreward.domains]\njudged = acme_judged:spec\n")
+    rollouts = tmp_path / "in.jsonl"
+    rollouts.write_text('{"domain": "judged", "response": "a", "id": "j1"}\n')
+    out = tmp_path / "out.jsonl"
+    without = run_cli(["score", str(rollouts), "-o", str(out), "--overwrite", "--no-progress"], tmp_path)
+    assert "no judge configured" in out.read_text(), without.stderr
+    flags = run_cli(["score", str(rollouts), "-o", str(out), "--overwrite", "--no-progress", "--judge-url", "http://127.0.0.1:9/v1",
+                     "--judge-model", "judge-7b"], tmp_path)
+    assert flags.returncode == 0, flags.stderr
+    components = json.loads(out.read_text())["components"]
+    assert components == {"judge_url": "http://127.0.0.1:9/v1", "judge_model": "judge-7b"}
+    config = tmp_path / "mdreward.toml"
+    config.write_text('[judge]\nurl = "http://127.0.0.1:9/v1"\nmodel = "judge-7b"\n'
+                      '[domains."acme.judged".judge]\nmodel = "own-judge"\n')
+    from_config = run_cli(["score", str(rollouts), "-o", str(out), "--overwrite", "--no-progress", "--config", str(config)], tmp_path)
+    assert from_config.returncode == 0, from_config.stderr
+    assert json.loads(out.read_text())["components"]["judge_model"] == "own-judge"

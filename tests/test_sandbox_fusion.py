@@ -9,7 +9,7 @@ import pytest
 
 from code_support import code_sample
 from mdreward import Scorer, ScoringConfig, Status
-from mdreward.domains.code import CodeDomain
+from mdreward.domains.code import CodeDomain, job_for
 from mdreward.registry import DomainUnavailable
 from mdreward.sandbox.fusion import FusionSandbox
 from mdreward.timeouts import Timeouts
@@ -30,6 +30,9 @@ SAMPLES = [
     ("a, b = map(int, input().split())\nprint(a + b)\n", STDIO, 1.0),
     ("print(3)\n", STDIO, -0.5),
     ("while True:\n    pass\n", STDIO, -0.5),
+    ("class Adder:\n    def __init__(self):\n        self.total = 0\n    def add(self, x):\n        self.total += x\n        return self\n"
+     "def add(a, b):\n    return Adder().add(a).add(b).total\n", ADD, 1.0),
+    ("def add(a, b):\n    raise StopIteration\n", {"assert": "assert all(map(add, [1], [2]))", "entry_point": "add"}, -0.5),
 ]
 
 
@@ -90,6 +93,30 @@ def test_concurrency_is_bounded(stand_in):
     scores = score_all(stand_in.endpoint, samples, concurrency=2)
     assert all(s.reward == 1.0 for s in scores)
     assert 1 <= stand_in.max_in_flight <= 2
+
+
+def test_limits_and_harness_program_are_the_local_backends(monkeypatch):
+    """One place builds the limits (``SandboxLimits.wire``) and the harness program for both backends."""
+    import json
+
+    from mdreward.sandbox import SandboxLimits
+    from mdreward.sandbox.local import HARNESS_SOURCE, harness_program
+    sent: list[tuple[str, str]] = []
+
+    def capture(self, code, stdin):
+        sent.append((code, stdin))
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(FusionSandbox, "_run_code", capture)
+    for limits in (SandboxLimits(), SandboxLimits(nproc=7, memory_bytes=1 << 28)):
+        sandbox = FusionSandbox("http://unused", timeouts=FAST, limits=limits)
+        with pytest.raises(RuntimeError, match="captured"):
+            sandbox.run_blocking(job_for(ADD, RIGHT, stop_first=True))
+        sandbox.close()
+        code, stdin = sent[-1]
+        assert json.loads(stdin)["limits"] == limits.wire(FAST)
+        assert code == harness_program(f"run_standalone({FAST.sandbox_start_s!r})")
+        assert code.startswith(HARNESS_SOURCE) and "__main__" not in code.split(HARNESS_SOURCE, 1)[1]
 
 
 def test_missing_endpoint_makes_the_domain_unavailable(monkeypatch):

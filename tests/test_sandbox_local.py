@@ -236,3 +236,214 @@ def test_unprivileged_scorer_uses_a_user_namespace():
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
     assert done.stdout.split() == ["True", "False", "True"], done.stderr[-2000:]
+
+
+# ---- nothing survives from one record to the next ---------------------------------------------------------
+_CHANNELS = r'''
+import ctypes, os, platform, socket, time
+libc = ctypes.CDLL(None, use_errno=True)
+ADD_KEY, KEYCTL = {"x86_64": (248, 250), "aarch64": (217, 219)}[platform.machine()]
+KEYRINGS = (-1, -2, -3, -4, -5)  # thread, process, session, user, user-session
+MARK = b"mdr-marker"
+IPC_KEY = 0x6D647231
+SKIP = ("/proc", "/sys", "/dev/pts")
+
+def keyring_write():
+    return [k for k in KEYRINGS if libc.syscall(ADD_KEY, b"user", MARK, b"1", 1, k) >= 0]
+
+def keyring_read():
+    return [k for k in KEYRINGS if libc.syscall(KEYCTL, 10, k, b"user", MARK, 0) >= 0]  # KEYCTL_SEARCH
+
+def walk_dirs():  # every directory outside read-only mounts (those cannot hold a mark)
+    for root, dirs, _ in os.walk("/"):
+        dirs[:] = [d for d in dirs if os.path.join(root, d) not in SKIP and not os.path.islink(os.path.join(root, d))
+                   and not os.statvfs(os.path.join(root, d)).f_flag & os.ST_RDONLY]
+        yield root
+
+def write_all():
+    wrote = []
+    if keyring_write():
+        wrote.append("keyring")
+    if libc.shmget(IPC_KEY, 4096, 0o1666) >= 0:
+        wrote.append("sysv shm")
+    if libc.semget(IPC_KEY, 1, 0o1666) >= 0:
+        wrote.append("sysv sem")
+    if libc.msgget(IPC_KEY, 0o1666) >= 0:
+        wrote.append("sysv msg")
+    if libc.mq_open(b"/mdr-marker", 0o100 | 2, 0o666, None) >= 0:
+        wrote.append("posix mqueue")
+    for root in walk_dirs():
+        try:
+            open(os.path.join(root, ".mdr-marker"), "w").close()
+            wrote.append("file " + root)
+        except OSError:
+            pass
+    os.environ["MDR_MARKER"] = "1"
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:  # a daemon in its own session holding an abstract socket
+        os.setsid()
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(b"\0mdr-marker")
+        server.listen()
+        os.write(write_end, b"x")
+        time.sleep(60)
+        os._exit(0)
+    os.read(read_end, 1)
+    wrote.append("abstract socket")
+    return wrote
+
+def find_all():
+    found = []
+    if keyring_read():
+        found.append("keyring")
+    for name, call in (("sysv shm", lambda: libc.shmget(IPC_KEY, 0, 0)), ("sysv sem", lambda: libc.semget(IPC_KEY, 0, 0)),
+                       ("sysv msg", lambda: libc.msgget(IPC_KEY, 0)), ("posix mqueue", lambda: libc.mq_open(b"/mdr-marker", 0))):
+        if call() >= 0:
+            found.append(name)
+    found += ["file " + root for root in walk_dirs() if os.path.exists(os.path.join(root, ".mdr-marker"))]
+    if "MDR_MARKER" in os.environ:
+        found.append("environment")
+    try:
+        socket.socket(socket.AF_UNIX).connect(b"\0mdr-marker")
+        found.append("abstract socket")
+    except OSError:
+        pass
+    return found
+'''
+
+
+def test_a_run_sees_its_own_marks_so_the_probe_works(sandbox):
+    ok, reason = holds(sandbox, _CHANNELS + "wrote = write_all()\nfound = find_all()\n"
+                                            "print(set(wrote) == set(found) - {'environment'} and 'abstract socket' in found and 'file /tmp' in found)")
+    assert ok, reason
+
+
+def test_nothing_written_by_one_record_reaches_the_next_on_the_same_slot(sandbox):
+    """Keyring, SysV shm/sem/msg, POSIX message queues and shared memory, abstract sockets, files in
+    every writable directory, the environment: the next record on the slot finds none of them."""
+    assert_holds(sandbox, _CHANNELS + "print('abstract socket' in write_all())")
+    assert_holds(sandbox, _CHANNELS + "print(find_all())", "[]")
+
+
+def test_a_run_cannot_persist_state_through_the_kernel(sandbox):
+    """What the syscall filter refuses: keyrings, SysV IPC, message queues, new namespaces."""
+    probe = (_CHANNELS + "import errno\nprint(keyring_write(), libc.shmget(IPC_KEY, 4096, 0o1666), libc.msgget(IPC_KEY, 0o1666),"
+             " libc.mq_open(b'/q', 0o102, 0o666, None))")
+    assert_holds(sandbox, probe, "[] -1 -1 -1")
+
+
+def test_the_syscall_filter_refuses_namespaces_tracing_and_kernel_interfaces(sandbox):
+    probe = ("import ctypes, os, threading\nlibc = ctypes.CDLL(None, use_errno=True)\nout = []\n"
+             "for flag in (0x10000000, 0x20000000, 0x40000000, 0x00020000, 0x08000000):  # user, pid, net, mount, ipc\n"
+             "    out.append(libc.unshare(flag) == -1 and ctypes.get_errno() == 1)\n"
+             "out.append(libc.ptrace(0, 0, None, None) == -1 and ctypes.get_errno() == 1)  # PTRACE_TRACEME\n"
+             "out.append(libc.mount(b'none', b'/tmp', b'tmpfs', 0, None) == -1 and ctypes.get_errno() == 1)\n"
+             "out.append(libc.syscall(321 if os.uname().machine == 'x86_64' else 280, 0, None, 0) == -1 and ctypes.get_errno() == 1)\n"
+             "box = []\nt = threading.Thread(target=box.append, args=(1,))\nt.start()\nt.join()\n"  # threads still work
+             "pid = os.fork()\nif pid == 0:\n    os._exit(7)\nout.append(os.waitpid(pid, 0)[1] >> 8 == 7 and box == [1])\nprint(all(out), out)")
+    assert_holds(sandbox, probe, "True " + str([True] * 9))
+
+
+def test_a_new_user_namespace_through_clone_is_refused(sandbox):
+    probe = ("import ctypes, os, platform, signal\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+             "nr = {'x86_64': 56, 'aarch64': 220}[platform.machine()]\n"
+             "pid = libc.syscall(nr, 0x10000000 | signal.SIGCHLD, None, None, None, None)\n"
+             "if pid == 0:\n    os._exit(0)\nprint(pid, ctypes.get_errno())")
+    assert_holds(sandbox, probe, "-1 1")
+
+
+def test_the_filter_tables_agree_with_libseccomp():
+    import ctypes
+    import ctypes.util
+
+    from mdreward.sandbox import seccomp
+    name = ctypes.util.find_library("seccomp")
+    if not name:
+        pytest.skip("libseccomp is not installed (only used to cross-check the tables)")
+    lib = ctypes.CDLL(name)
+    lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
+    for machine, (audit_arch, numbers) in seccomp.ARCHES.items():
+        assert set(seccomp.DENIED) | {"clone", "clone3"} == set(numbers)
+        for call, number in numbers.items():
+            assert lib.seccomp_syscall_resolve_name_arch(audit_arch, call.encode()) == number, (machine, call)
+
+
+def test_a_python_under_tmp_does_not_restart_the_slot(tmp_path, caplog):
+    """A venv under /tmp puts bubblewrap's mount points into the sandbox's /tmp: the wipe keeps
+    them, and the slot serves 50 jobs without a restart."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    tests = (TestStep("assert f(2) == 3", True),)
+    with LocalSandbox(workers=1, timeouts=FAST, limits=LIMITS, python=str(venv / "bin" / "python")) as sb:
+        for i in range(25):
+            assert sb.run_blocking(StdioJob(f"open('/tmp/x{i}', 'w').close()\nprint(input())", (StdioCase("a\n", "a\n"),))).passed
+            assert sb.run_blocking(AssertJob("def f(x):\n    return x + 1\n", tests)).passed
+        assert sb.metrics() == {"restarts": 0}
+        assert CodeDomain(format_rules=DEFAULT_FORMAT, timeouts=FAST, sandbox=sb).metrics() == {"restarts": 0}
+
+
+def test_a_slot_that_could_not_get_clean_restarts_with_its_reason_and_keeps_the_retry(caplog):
+    from mdreward.sandbox import harness
+    tests = (TestStep("assert f(2) == 3", True),)
+    with LocalSandbox(workers=1, timeouts=FAST, limits=LIMITS, retries=0) as sb:
+        slot = sb._slots[0]
+        read_end, write_end = os.pipe()  # what the zygote says after a job it could not clean up after
+        os.write(write_end, b'{"ev": "exiting", "reason": "cannot remove /tmp/stuck"}\n')
+        os.close(write_end)
+        slot.reader = harness.LineReader(read_end)
+        with caplog.at_level("WARNING"):
+            assert sb.run_blocking(AssertJob("def f(x):\n    return x + 1\n", tests)).passed
+        os.close(read_end)
+        assert sb.metrics() == {"restarts": 1, "restarts_retired": 1}
+        assert "cannot remove /tmp/stuck" in caplog.text
+
+
+USE_CGROUPS = True
+_SHARE = ("import time\ndef share():\n    wall, cpu = time.monotonic(), time.process_time()\n"
+          "    while time.monotonic() - wall < 1.0:\n        pass\n    return (time.process_time() - cpu) / (time.monotonic() - wall)\n")
+_SPINNERS = ("import os, time\nfor _ in range(20):\n    if os.fork() == 0:\n        os.setsid()\n        end = time.monotonic() + 3.5\n"
+             "        while time.monotonic() < end:\n            pass\n        os._exit(0)\ntime.sleep(3.5)\nprint('spun')")
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="cgroups are only created when running as root")
+def test_a_neighbour_with_many_spinning_processes_does_not_starve_another_slot():
+    """Each slot gets its own CPU share (cgroup), so 20 busy processes in one slot leave another
+    slot about the share it has alone, not 1/21 of it."""
+    timeouts = Timeouts(sandbox_test_s=4.0, sandbox_run_s=6.0, sandbox_cpu_s=4.0)
+    with LocalSandbox(workers=2, timeouts=timeouts, limits=LIMITS, use_cgroups=USE_CGROUPS) as sb:
+        def measured() -> float:
+            result = sb.run_blocking(AssertJob(_SHARE + "def probe():\n    raise ValueError(repr(share()))\n",
+                                               (TestStep("probe()", True),)))
+            return float(result.tests[0].reason.split("ValueError: ", 1)[1])
+        alone = measured()
+        if USE_CGROUPS and not sb.cpu_limited:
+            pytest.skip("no writable cpu cgroup controller on this machine")
+        neighbour = threading.Thread(target=sb.run_blocking, args=(StdioJob(_SPINNERS, (StdioCase("", "spun\n"),)),))
+        neighbour.start()
+        time.sleep(0.8)
+        beside = measured()
+        neighbour.join()
+    assert beside >= 0.5 * alone, (alone, beside)
+
+
+_WORK = "import time\ndef work():\n    start = time.process_time()\n    while time.process_time() - start < 0.15:\n        pass\n    return True\n"
+
+
+@pytest.mark.parametrize("wall_factor, passes", [(12.0, True), (1.0, False)])
+def test_time_limits_count_the_candidates_own_cpu_time_without_cgroups(wall_factor, passes):
+    """Without cgroups a neighbour's 20 busy processes leave a slot a twentieth of the CPU: a test
+    needing 0.15 s of CPU takes seconds of wall time. Judged on its own CPU time (limit 1 s) it passes;
+    judged on wall time alone (the factor 1.0 control) the same run fails."""
+    timeouts = Timeouts(sandbox_test_s=1.0, sandbox_run_s=15.0, sandbox_cpu_s=4.0, sandbox_wall_factor=wall_factor)
+    patient = Timeouts(sandbox_test_s=6.0, sandbox_run_s=10.0, sandbox_cpu_s=5.0)
+    with LocalSandbox(workers=1, timeouts=timeouts, limits=LIMITS, use_cgroups=False) as sb, \
+            LocalSandbox(workers=1, timeouts=patient, limits=LIMITS, use_cgroups=False) as other:
+        assert sb.run_blocking(AssertJob(_WORK, (TestStep("assert work()", True),))).passed  # warm, alone
+        other.run_blocking(StdioJob("print(1)", (StdioCase("", "1\n"),)))
+        neighbour = threading.Thread(target=other.run_blocking, args=(StdioJob(_SPINNERS, (StdioCase("", "spun\n"),)),))
+        neighbour.start()
+        time.sleep(0.8)
+        beside = sb.run_blocking(AssertJob(_WORK, (TestStep("assert work()", True),)))
+        stdio = sb.run_blocking(StdioJob(_WORK + "print(work())", (StdioCase("", "True\n"),)))
+        neighbour.join()
+    assert (beside.passed, stdio.passed) == (passes, passes), (beside.tests, stdio.tests)

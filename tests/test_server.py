@@ -1,7 +1,10 @@
 """The HTTP reward service, started for real on loopback (in a thread, or as a process for signals)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -80,6 +83,7 @@ def test_score_returns_every_record_in_order_with_its_fields(base):
         assert result["id"] == record["id"] and result["metadata"] == {"k": i}
         assert result["reward"] == expected_reward[i % 4], (i, result)
     assert results[5]["status"] == "error" and "'no-response'" in results[5]["error"] and "response" in results[5]["error"]
+    assert results[5]["error"].startswith("records[5]: record 'no-response': ")  # one prefix shape, with or without id
     assert results[6]["reward"] is None and results[6]["error"].startswith("records[6]:") and "did you mean" in results[6]["error"]
     assert results[7]["record"] == ["not", "an", "object"] and results[7]["error"].startswith("records[7]:")
 
@@ -107,7 +111,7 @@ def test_health_readiness_and_metrics(base):
     after = httpx.get(f"{base}/metrics").text
 
     def value(text: str, line_start: str) -> float:
-        lines = [l for l in text.splitlines() if l.startswith(line_start + " ")]
+        lines = [row for row in text.splitlines() if row.startswith(line_start + " ")]
         return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
 
     assert value(after, 'mdreward_records_total{domain="math",status="ok"}') - \
@@ -141,7 +145,7 @@ def test_openrlhf_endpoint(base):
         assert out["scores"] == out["rewards"]
         assert out["extra_logs"]["mdreward_scored"] == [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]
         assert out["status"] == ["ok", "ok", "ok", "error", "format_error", "error"]
-        assert "does not start with prompts[3]" in out["errors"][3]
+        assert "starts neither with prompts[3] nor with a tail of it" in out["errors"][3]
     reply = httpx.post(f"{base}/openrlhf", json={"query": ["a", "b"], "prompts": ["a"]})
     assert reply.status_code == 400 and "'prompts'" in reply.json()["error"]
 
@@ -277,3 +281,88 @@ def test_mdreward_serve_command(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def strict_json(text: str):
+    """Parse as RFC 8259 JSON: NaN/Infinity (Python's extension) are refused."""
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_replies_are_strict_json_even_when_the_request_held_nan(base):
+    body = ('{"records": [{"id": "n", "domain": "math", "response": "<think>a</think> \\\\boxed{1}", '
+            '"reference": "1", "metadata": {"weight": NaN, "hi": Infinity, "lo": -Infinity, "s": "\\ud800"}}]}')
+    reply = httpx.post(f"{base}/score", content=body.encode(), headers={"Content-Type": "application/json"})
+    assert reply.status_code == 200
+    result = strict_json(reply.text)["results"][0]
+    assert result["reward"] == MATH["correct"]
+    assert result["metadata"] == {"weight": None, "hi": None, "lo": None, "s": "\ufffd"}  # a lone surrogate has no UTF-8
+
+
+def test_a_refused_oversized_response_is_not_echoed(scorer):
+    service = RewardService(scorer)  # default 32 MiB body limit: the record arrives, the response is over its cap
+    huge = "<think>a</think> " + "7" * 2_000_000
+    with running(service) as url:
+        reply = httpx.post(f"{url}/score", json={"records": [{"id": "big", "domain": "math", "response": huge,
+                                                              "reference": "7"}]}, timeout=60)
+    assert reply.status_code == 200 and len(reply.content) < 10_000
+    result = reply.json()["results"][0]
+    assert result["status"] == "format_error" and result["response"] is None and result["response_chars"] == len(huge)
+
+
+def test_every_error_reply_is_json_of_one_shape(scorer):
+    service = RewardService(scorer, ServerLimits(max_body_bytes=1_000, max_records_per_request=2,
+                                                 max_pending_records=2), token="t0k")
+    auth = {"Authorization": "Bearer t0k"}
+    with running(service) as url:
+        replies = [
+            (404, httpx.get(f"{url}/nowhere", headers=auth)),
+            (405, httpx.get(f"{url}/score", headers=auth)),
+            (401, httpx.post(f"{url}/score", json={"records": []})),
+            (400, httpx.post(f"{url}/score", content=b"{nope", headers=auth)),
+            (413, httpx.post(f"{url}/score", json={"records": [{"response": "x" * 2_000}]}, headers=auth)),
+            (413, httpx.post(f"{url}/score", json={"records": [{}, {}, {}]}, headers=auth)),
+        ]
+    for status, reply in replies:
+        assert reply.headers["content-type"] == "application/json", (status, reply.text)
+        body = strict_json(reply.text)
+        assert set(body) == {"error", "status"} and body["status"] == reply.status_code == status
+        assert isinstance(body["error"], str) and body["error"]
+    by_status = dict(replies)
+    assert "/score" in by_status[404].json()["error"] and "POST" in by_status[405].json()["error"]
+
+
+def test_serve_refuses_an_unknown_default_domain():
+    proc = subprocess.run([sys.executable, "-m", "mdreward.cli", "serve", "--port", "0", "--default-domain", "maths"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "--default-domain" in proc.stderr and "did you mean 'math'" in proc.stderr
+    assert "listening" not in proc.stderr
+    with mdreward.Scorer() as scorer, pytest.raises(KeyError, match="did you mean"):
+        RewardService(scorer, openrlhf=OpenRLHFOptions(default_domain="maths"))
+
+
+def test_openrlhf_truncated_prompt_is_scored(base):
+    """OpenRLHF keeps the *tail* of a prompt too long for max_len (prompt_tokens[-max_prompt_length:]),
+    so the query starts with part of prompts[i] only; the response must still be found and scored."""
+    system = "You are a careful assistant. " * 20
+    prompt = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nWhat is 2+3?<|im_end|>\n<|im_start|>assistant\n"
+    kept = prompt[len(prompt) // 2:]
+    body = {"query": [kept + "<think>add</think> \\boxed{5}", "\ufffd" + kept[3:] + "<think>add</think> \\boxed{6}",
+                      prompt[-10:] + "<think>add</think> \\boxed{5}", kept + "<think>add</think> " + prompt + "\\boxed{5}"],
+            "prompts": [prompt] * 4, "labels": ["5"] * 4}
+    out = httpx.post(f"{base}/openrlhf", json=body, timeout=60).json()
+    assert out["status"][:2] == ["ok", "ok"] and out["rewards"][:2] == [MATH["correct"], MATH["wrong"]], out
+    assert out["status"][2] == "error" and "tail" in out["errors"][2]  # too little of the prompt left to be sure
+    assert out["rewards"][3] == MATH["correct"]  # the prompt repeated inside the response does not move the cut
+
+
+def test_openrlhf_failures_are_logged_rate_limited(scorer, caplog):
+    service = RewardService(scorer, openrlhf=OpenRLHFOptions(default_domain="math"))
+    body = {"query": ["unrelated text"] * 3, "prompts": ["<|im_start|>user\nq<|im_end|>\n"] * 3, "labels": ["1"] * 3}
+    with caplog.at_level(logging.WARNING, logger="mdreward.integrations.server"):
+        for _ in range(5):
+            asyncio.run(service.score_openrlhf(body))
+    lines = [r.getMessage() for r in caplog.records if "could not be scored" in r.getMessage()]
+    assert len(lines) == 1 and "3 records" in lines[0] and "query[0]" in lines[0], lines

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
 from judge_server import JudgeServer, ScriptedEngine, free_port_with_nothing_listening
-from judge_support import TEST_TIMEOUTS, pairwise_script
+from judge_support import TEST_TIMEOUTS, pairwise_script, pairwise_texts, verdict_line
 from mdreward import Sample, Scorer, ScoringConfig, Status
 from mdreward.domains.writing import TABLE, WritingDomain, combine_orders
 from mdreward.judges.base import JudgeReply
@@ -74,7 +75,8 @@ def test_the_response_is_text_a_then_text_b(server, scorer):
 
 
 def test_a_position_biased_judge_earns_only_ties():
-    with JudgeServer(ScriptedEngine(lambda user: "The first one. [[A]]")) as server, writing_scorer(server.url) as scorer:
+    biased = lambda user: "The first one.\n" + verdict_line(user, "[[A]]")  # noqa: E731
+    with JudgeServer(ScriptedEngine(biased)) as server, writing_scorer(server.url) as scorer:
         scores = scorer.score_batch([sample("Rain."), sample(REFERENCE * 3)])
     assert [s.reward for s in scores] == [0.25, 0.25]
     assert all(s.components["consistent"] is False for s in scores)
@@ -93,12 +95,68 @@ def test_format_errors():
     assert all(s.reward == -1.0 for s in scores)
 
 
-def test_no_verdict_is_unscored_never_a_reward():
-    replies = {"first": "I like both.", "bad-end": "[[A]] is my verdict, I think."}
-    with JudgeServer(ScriptedEngine(lambda user: replies["first"])) as server, writing_scorer(server.url) as scorer:
+@pytest.mark.parametrize("reply", ["I like both.", "Text A.\n[[A]]", "x" * 5_000, "[[A]] is my verdict, I think."])
+def test_a_reply_without_a_verdict_is_retried_then_the_responses_loss_never_unscored(reply):
+    """Whatever the response makes the judge write (prose, a quote, a verdict without the nonce), the
+    record is scored: a judge that answers without a verdict is the response's outcome, not ours."""
+    with JudgeServer(ScriptedEngine(lambda user: reply)) as server, writing_scorer(server.url) as scorer:
         (score,) = scorer.score_batch([sample("Rain on tin.")])
-    assert score.status is Status.ERROR and score.reward is None and "no verdict" in score.error
-    assert pairwise_verdict(JudgeReply(replies["bad-end"])).value is None
+        calls = server.faults.calls
+    assert score.status is Status.OK and score.reward == -0.5 and score.components["outcome"] == "worse"
+    assert "no verdict after 2 attempt" in score.components["verdict_problem"]
+    assert calls == 4  # two orders, each asked twice (a new seed, never a cached repeat)
+
+
+def test_no_verdict_in_one_order_counts_as_losing_that_order():
+    def half(user: str) -> str:  # answers only when the reference is Text A (order 2), preferring Text B
+        texts = pairwise_texts(user)
+        return verdict_line(user, "[[B]]") if texts and texts[0] == REFERENCE else "hmm"
+
+    with JudgeServer(ScriptedEngine(half)) as server, writing_scorer(server.url) as scorer:
+        (score,) = scorer.score_batch([sample("Rain on tin, longer than it looks.")])
+    assert (score.reward, score.components["outcome"], score.components["consistent"]) == (0.25, "tie", False)
+
+
+def test_reference_is_cut_at_its_own_first_think_close(server, scorer):
+    before = len(server.faults.bodies)
+    scorer.score(sample("A line about rain.", reference="<think>draft: rain</think>\nRain taps.</think> more"))
+    user = server.faults.bodies[before]["messages"][-1]["content"]
+    assert "draft" not in user and "Rain taps.</think> more" in user
+
+
+@pytest.mark.parametrize("first,second,tie_rule,mean", [
+    ("A", "B", 1.0, 1.0), ("A", "C", 0.25, 0.625), ("C", "B", 0.25, 0.625), ("C", "C", 0.25, 0.25),
+    ("B", "C", 0.25, -0.125), ("A", "A", 0.25, 0.25), ("B", "A", -0.5, -0.5)])
+def test_order_combinations(first, second, tie_rule, mean):
+    def script(user: str) -> str:
+        texts = pairwise_texts(user)
+        return verdict_line(user, f"[[{first if texts[1] == REFERENCE else second}]]")
+
+    with JudgeServer(ScriptedEngine(script)) as server:
+        for combination, expected in (("tie_on_disagreement", tie_rule), ("mean", mean)):
+            with writing_scorer(server.url, order_combination=combination) as scorer:
+                assert scorer.score(sample("Rain on tin.")).reward == pytest.approx(expected)
+
+
+def test_a_response_too_long_for_the_judge_is_its_loss_not_unscored():
+    with JudgeServer(ScriptedEngine(pairwise_script)) as server:
+        with writing_scorer(server.url, judge_context_tokens=3_000, max_judge_tokens=512) as scorer:
+            rng = random.Random(1)
+            cjk = "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(1_000))  # 3 bytes, 1-3 tokens each
+            long, fine = scorer.score_batch([sample(cjk), sample("Rain on tin.")])
+        assert server.faults.calls == 2  # only the short response went to the judge
+    assert (long.status, long.reward, long.components["method"]) == (Status.OK, -0.5, "response_too_long_for_judge")
+    assert fine.status is Status.OK
+
+
+async def test_bad_unicode_affects_only_its_record(server):
+    """At the domain itself (callers other than the Scorer, such as adapters, may pass any text)."""
+    domain = WritingDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS, judge={"url": server.url, "model": "j"})
+    scores = await domain.score_batch([sample("Rain \ud800 on tin."), sample("Rain on tin.", reference="Rain \udfff."),
+                                       sample(REFERENCE + " And more.")])
+    await domain.aclose()
+    assert [s.status for s in scores] == [Status.FORMAT_ERROR, Status.ERROR, Status.OK]
+    assert "reference" in scores[1].error and scores[2].reward == 1.0
 
 
 def test_pairwise_verdict_parser():
@@ -109,6 +167,9 @@ def test_pairwise_verdict_parser():
     assert parse("[[A]]", "length") is None
     assert parse("Verdict: A") is None
     assert parse("I pick [[A]].\nExplanation follows.") is None
+    bound = lambda text: pairwise_verdict(JudgeReply(text), "ab12cd34ef56").value  # noqa: E731
+    assert bound("Fine.\nVerdict ab12cd34ef56: [[B]]") == "B"
+    assert bound("Fine.\n[[B]]") is None and bound("Verdict ab12cd34ef56:\n[[A]]") is None
 
 
 def test_unreachable_judge_unscores_writing_only():
@@ -126,3 +187,11 @@ def test_needs_a_judge():
     with pytest.raises(ValueError, match="text_b"):
         WritingDomain(format_rules=FormatRules(), timeouts=TEST_TIMEOUTS, judge={"url": "http://x/v1", "model": "m"},
                       user_template="{instruction} {text_a}")
+
+
+@pytest.mark.parametrize("data_source", ["creative__writing__rl", "Creative__Writing__WritingPrompts", "writing_v2",
+                                         "CREATIVE_WRITING"])
+def test_verl_routes_the_authors_writing_data_sources(data_source):
+    from mdreward.integrations.verl import DEFAULT_TABLE
+
+    assert DEFAULT_TABLE.domain_for(data_source) == "writing"

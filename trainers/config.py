@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from mdreward.config import tomllib  # tomllib, or tomli on Python 3.10
 
 
 @dataclass

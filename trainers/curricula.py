@@ -62,6 +62,7 @@ class PhaseSampler:
         if unknown:
             raise ValueError(f"curriculum order names domains with no prompts: {unknown}")
         self.order = order
+        self._order: list[str] = order
         total = sum(len(self.pools[d]) for d in order)
         bounds, acc = [], 0
         for d in order:
@@ -70,14 +71,15 @@ class PhaseSampler:
         self._bounds = bounds
 
     def phase(self, step: int) -> str:
-        for d, end in zip(self.order, self._bounds):
+        for d, end in zip(self._order, self._bounds):
             if step < end:
                 return d
-        return self.order[-1]
+        return self._order[-1]
 
     def batch(self, step: int) -> list[Prompt]:
         domain = self.phase(step)
-        start = self._bounds[self.order.index(domain) - 1] if self.order.index(domain) else 0
+        position = self._order.index(domain)
+        start = self._bounds[position - 1] if position else 0
         return _cycle(self.pools[domain], (step - start) * self.batch_size, self.batch_size, self.seed)
 
 

@@ -47,6 +47,7 @@ def load_policy(cfg: TrainConfig):
 
     m = cfg.model
     dtype = getattr(torch, m.dtype)
+    kwargs: dict[str, Any]
     if m.kind == "tiny":
         if not (Path(m.path) / "config.json").exists():
             from .tiny import build_tiny_policy
@@ -110,8 +111,8 @@ class LocalEngine:
         if self.grpo.beta > 0:
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         u = cfg.update
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=u.lr, weight_decay=u.weight_decay,
-                                           **({"fused": True} if u.fused_optimizer else {}))
+        fused: dict[str, Any] = {"fused": True} if u.fused_optimizer else {}
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=u.lr, weight_decay=u.weight_decay, **fused)
         warm = max(1, u.warmup_steps * u.mini_batches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
         self.rule = self._make_rule()
@@ -134,8 +135,8 @@ class LocalEngine:
         u, seed = self.cfg.update, self.cfg.run.seed
         common = {"max_grad_norm": u.max_grad_norm}
         if u.rule in ("cgpo", "cgpo_fix"):
-            opts = dict(alpha=u.alpha, scaling=u.scaling, seed=seed, phi0_device=u.phi0_device,
-                        domain_weights=u.domain_weights, **common)
+            opts: dict[str, Any] = dict(alpha=u.alpha, scaling=u.scaling, seed=seed, phi0_device=u.phi0_device,
+                                        domain_weights=u.domain_weights, **common)
             if u.rule == "cgpo_fix":
                 opts["fixed_order"] = u.fixed_order
             return make_rule(u.rule, **opts)

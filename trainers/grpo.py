@@ -42,10 +42,11 @@ def group_advantages(rewards: Sequence[float | None], group_ids: Sequence[int], 
         members.setdefault(g, []).append(i)
     out = [0.0] * len(rewards)
     for idx in members.values():
-        scored = [i for i in idx if rewards[i] is not None]
+        values = {i: reward for i in idx if (reward := rewards[i]) is not None}
+        scored = list(values)
         if len(scored) < 2:
             continue
-        r = torch.tensor([float(rewards[i]) for i in scored], dtype=torch.float64)
+        r = torch.tensor([float(values[i]) for i in scored], dtype=torch.float64)
         centred = r - r.mean()
         if scale:
             std = r.std()

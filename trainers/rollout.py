@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .grpo import GRPOConfig, aggregation_units, grpo_loss
+from .grpo import Aggregate, GRPOConfig, aggregation_units, grpo_loss
 from .tasks import Prompt
 
 
@@ -52,9 +52,9 @@ class MicroBatch:
                           None if self.ref_logp is None else self.ref_logp[idx], self.advantages[idx])
 
     def to(self, device: Any) -> "MicroBatch":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return MicroBatch(*(move(t) for t in (self.input_ids, self.attention_mask, self.response_mask,
-                                             self.old_logp, self.ref_logp, self.advantages)))
+        return MicroBatch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
+                          self.old_logp.to(device), None if self.ref_logp is None else self.ref_logp.to(device),
+                          self.advantages.to(device))
 
 
 def response_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -98,7 +98,7 @@ class GRPOObjective:
     def units(self, mb: MicroBatch) -> float:
         return aggregation_units(mb.response_mask, self.cfg.loss_agg)
 
-    def __call__(self, model: torch.nn.Module, mb: MicroBatch):
+    def __call__(self, model: torch.nn.Module, mb: MicroBatch) -> tuple[Aggregate, dict[str, float]]:
         if self.device is not None:
             mb = mb.to(self.device)
         logp = response_logprobs(model, mb.input_ids, mb.attention_mask, mb.response_mask.shape[1], self.temperature)
@@ -145,7 +145,8 @@ class HFGenerator:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, max_new_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0, prompt_style: str = "plain", system_prompt: str | None = None,
                  open_think: bool = False, device: Any = "cpu") -> None:
-        self.model, self.tokenizer = model, tokenizer
+        self.model: Any = model  # a transformers causal LM: ``generate`` is not on torch.nn.Module
+        self.tokenizer = tokenizer
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.prompt_style, self.system_prompt, self.device = prompt_style, system_prompt, device
         self.open_think = open_think

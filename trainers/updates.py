@@ -23,9 +23,9 @@ from .grpo import Aggregate, mean_stats
 class Objective(Protocol):
     """Turns one micro-batch into a loss (``Aggregate``) and metric sums."""
 
-    def units(self, micro_batch: Any) -> float: ...
+    def units(self, micro_batch: Any, /) -> float: ...
 
-    def __call__(self, model: torch.nn.Module, micro_batch: Any) -> tuple[Aggregate, dict[str, float]]: ...
+    def __call__(self, model: torch.nn.Module, micro_batch: Any, /) -> tuple[Aggregate, dict[str, float]]: ...
 
 
 @dataclass
@@ -312,6 +312,7 @@ class FAMO:
         measured = {b.name: self.quantity(b) for b in batches if b.mean_reward is not None}
         now = {**self._q, **measured}
         if self._prev_q and set(measured) == set(self._prev_q):
+            assert self._logits is not None and self._opt is not None  # set by _ensure
             delta = torch.tensor([math.log(self._prev_q[n]) - math.log(now[n]) for n in self._names])
             with torch.enable_grad():
                 z = torch.softmax(self._logits, -1)
@@ -324,6 +325,8 @@ class FAMO:
 
     def task_weights(self) -> dict[str, float]:
         """``z = softmax(w)``: the share FAMO gives each domain (sums to 1)."""
+        if self._logits is None:
+            raise RuntimeError("FAMO has no task weights before its first observe()")
         z = torch.softmax(self._logits.detach(), -1).tolist()
         return dict(zip(self._names, z))
 

@@ -5,7 +5,7 @@ run) -0.5; no code block, or code that does not parse, -1.0. A sandbox that cann
 keeps failing makes the sample unscored, never wrong.
 
 The record's ``tests`` field (see docs/code.md) is one of
-``{"assert": "<python>", "entry_point": "name", "setup": "<python>"}`` or
+``{"assert": "<python>", "entry_point": "name", "setup": "<python>", "prefix": "<python>"}`` or
 ``{"stdio": [{"input": "...", "output": "..."}, ...], "float_tol": 1e-6}``.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import os
 import warnings
 from typing import Any, Mapping, Sequence
 
-from ..extract import FormatViolation, last_code_block, split_think
+from ..extract import FormatViolation, complete_function, last_code_block, split_think
 from ..registry import DomainSpec, DomainUnavailable
 from ..sandbox import (AssertJob, Job, LocalSandbox, RunResult, Sandbox, SandboxError, SandboxLimits,
                        SandboxUnavailable, StdioCase, StdioJob, TestStep)
@@ -36,24 +36,36 @@ class TestsFieldError(ValueError):
     __test__ = False  # not a pytest class
 
 
+_COMPOUND = (ast.For, ast.AsyncFor, ast.While, ast.If, ast.With, ast.AsyncWith, ast.Try, ast.Match)
+_CHECKS = (ast.Assert, ast.Call)
+
+
 def _is_test(statement: ast.stmt) -> bool:
-    """A top-level ``assert``, or a loop/``if``/``with``/``try`` with an ``assert`` inside."""
+    """A top-level ``assert``, a call (``check(candidate)``, ``assert_close(...)``), or a loop/``if``/
+    ``with``/``try``/``match`` holding either (``if __name__ == "__main__":`` blocks included)."""
     if isinstance(statement, ast.Assert):
         return True
-    if isinstance(statement, (ast.For, ast.While, ast.If, ast.With, ast.Try)):
-        return any(isinstance(node, ast.Assert) for node in ast.walk(statement))
+    if isinstance(statement, ast.Expr):
+        return any(isinstance(node, ast.Call) for node in ast.walk(statement))
+    if isinstance(statement, _COMPOUND) or type(statement).__name__ == "TryStar":
+        return any(isinstance(node, _CHECKS) for node in ast.walk(statement))
     return False
 
 
 def assert_steps(source: str, entry_point: str | None) -> tuple[TestStep, ...]:
-    """Split assert-style test code into steps: each top-level ``assert`` (or loop, ``if``,
-    ``with`` or ``try`` holding one) is one test; the other top-level statements run in order
-    between them. Code that defines ``check`` and has no such test (HumanEval) gets one test:
+    """Split test code into steps that run in order as one program: each top-level test statement
+    (see ``_is_test``) is one test; the other statements (imports, definitions, assignments) run
+    between them, and statements after the last test belong to it, so a failure anywhere fails the
+    record. Code that defines ``check`` and never calls it (HumanEval) gets one more test:
     ``check(<entry_point>)``."""
     try:
         module = ast.parse(source)
     except SyntaxError as exc:
         raise TestsFieldError(f"tests.assert is not valid python: {exc.msg} (line {exc.lineno})") from None
+    defines_check = any(isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)) and s.name == "check" for s in module.body)
+    calls_check = any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "check"
+                      for s in module.body if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))
+                      for node in ast.walk(s))
     steps: list[TestStep] = []
     pending: list[str] = []
     for statement in module.body:
@@ -64,16 +76,20 @@ def assert_steps(source: str, entry_point: str | None) -> tuple[TestStep, ...]:
             steps.append(TestStep(ast.unparse(statement), True))
         else:
             pending.append(ast.unparse(statement))
-    if pending:
-        steps.append(TestStep("\n".join(pending), False))
-    if not any(step.is_test for step in steps):
-        defines_check = any(isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)) and s.name == "check"
-                            for s in module.body)
-        if not defines_check or not entry_point:
-            raise TestsFieldError("tests.assert has no top-level assert, and no check function with an entry_point")
+    if defines_check and not calls_check and entry_point:
         if not entry_point.isidentifier():
             raise TestsFieldError(f"tests.entry_point {entry_point!r} is not a python identifier")
+        if pending:
+            steps.append(TestStep("\n".join(pending), False))
+            pending = []
         steps.append(TestStep(f"check({entry_point})", True))
+    if not any(step.is_test for step in steps):
+        raise TestsFieldError("tests.assert has no test: no top-level assert or call, and no check function with an "
+                              "entry_point")
+    if pending:  # trailing statements run after the last test and can still fail it
+        last = max(i for i, step in enumerate(steps) if step.is_test)
+        steps[last] = TestStep("\n".join([steps[last].source, *pending]), True)
+        pending = []
     return tuple(steps)
 
 
@@ -91,6 +107,8 @@ def job_for(tests: Mapping[str, Any] | None, code: str, *, stop_first: bool) -> 
             raise TestsFieldError("tests.entry_point must be a string")
         if not isinstance(setup, str):
             raise TestsFieldError("tests.setup must be a string")
+        if "prefix" in tests and (not isinstance(tests["prefix"], str) or not entry_point):
+            raise TestsFieldError("tests.prefix must be a string, and needs tests.entry_point")
         if setup:
             try:
                 ast.parse(setup)
@@ -177,6 +195,8 @@ class CodeDomain:
         code = last_code_block(split.after)
         if isinstance(code, FormatViolation):
             return Score.format_error(self.table["format_error"], code.reason)
+        if isinstance(sample.tests, Mapping) and "prefix" in sample.tests:  # a body-only answer gets its header
+            code = complete_function(code, sample.tests["prefix"], sample.tests["entry_point"])
         problem = _syntax_problem(code)
         if problem:
             return Score.format_error(self.table["format_error"], problem, code_chars=len(code))
@@ -203,6 +223,12 @@ class CodeDomain:
                                    for t in outcome.tests]
         return Score.ok(self.table["correct" if passed else "wrong"], answer=job.code, **components)
 
+    def metrics(self) -> dict[str, int]:
+        """The sandbox's counters for monitoring (local: slot restarts by cause; SandboxFusion:
+        requests and retries); empty for a sandbox without them."""
+        counters = getattr(self.sandbox, "metrics", None)
+        return dict(counters()) if callable(counters) else {}
+
     async def aclose(self) -> None:
         if self._owns_sandbox:
             await self.sandbox.aclose()
@@ -217,9 +243,9 @@ def _job_key(job: Job) -> Any:
 def _build_sandbox(backend: str, endpoint: str | None, workers: int | None,
                    limits: SandboxLimits | Mapping[str, int] | None,
                    timeouts: Timeouts, concurrency: int) -> Sandbox:
+    if isinstance(limits, Mapping):  # from a JSON/YAML config
+        limits = SandboxLimits(**limits)
     if backend == "local":
-        if isinstance(limits, Mapping):  # from a JSON/YAML config
-            limits = SandboxLimits(**limits)
         try:
             return LocalSandbox(workers=workers, timeouts=timeouts, limits=limits or SandboxLimits()).start()
         except SandboxUnavailable as exc:
@@ -229,7 +255,7 @@ def _build_sandbox(backend: str, endpoint: str | None, workers: int | None,
         if not endpoint:
             raise DomainUnavailable(f"backend 'sandbox_fusion' needs an endpoint (option 'endpoint' or ${FUSION_ENDPOINT_ENV})")
         from ..sandbox.fusion import FusionSandbox
-        return FusionSandbox(endpoint, timeouts=timeouts, concurrency=concurrency)
+        return FusionSandbox(endpoint, timeouts=timeouts, concurrency=concurrency, limits=limits or SandboxLimits())
     raise DomainUnavailable(f"unknown code sandbox backend {backend!r} (use 'local' or 'sandbox_fusion')")
 
 

@@ -151,7 +151,7 @@ class MathDomain:
         self.format_rules = format_rules
         self.timeouts = timeouts
         self._pool = KillablePool("mdreward.domains.math_check:check", workers=workers,
-                                  start_timeout_s=timeouts.worker_start_s)
+                                  start_timeout_s=timeouts.worker_start_s, shutdown_s=timeouts.shutdown_s)
         self._cache: LRUCache[tuple[str, str], dict[str, Any]] = LRUCache(cache_size)
 
     async def score_batch(self, samples: Sequence[Sample]) -> list[Score]:

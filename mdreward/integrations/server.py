@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..records import RecordError, sample_from_record, scored_record
+from ..records import RecordError, json_line, sample_from_record, scored_record
 from ..registry import UnknownName
 from ..scoring import Scorer, ScoringConfig
 from ..types import Sample, Score, Status
@@ -78,9 +79,14 @@ class HTTPError(Exception):
 
 
 def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    """JSON with non-finite numbers and odd component values written safely (never a 500 for them)."""
-    text = json.dumps(body, ensure_ascii=False, default=str, allow_nan=True)
-    return Response(text, status_code=status, media_type="application/json", headers=dict(headers or {}))
+    """Strict JSON in valid UTF-8 (``records.json_line``): NaN and infinities become ``null``, lone
+    surrogates U+FFFD, odd component values their text."""
+    return Response(json_line(body), status_code=status, media_type="application/json", headers=dict(headers or {}))
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """The one shape of every error reply: ``{"error": <message>, "status": <HTTP status>}``."""
+    return json_response({"error": message, "status": status}, status, headers)
 
 
 # ---- metrics ------------------------------------------------------------------------------------
@@ -155,6 +161,10 @@ class RewardService:
         self.ready = False
         self.draining = False
         self.unusable: dict[str, str] = {}  # domain → why its example could not be scored at start-up
+        self._unscored_since_log = 0
+        self._last_unscored_log = -math.inf
+        if openrlhf.default_domain is not None:  # a typo must stop the start, not unscore every plain label
+            scorer.registry.resolve(openrlhf.default_domain)
 
     # admission: the bounded queue of records
     def admit(self, count: int) -> None:
@@ -195,13 +205,27 @@ class RewardService:
 
     async def score_records(self, records: Sequence[Any]) -> list[dict[str, Any]]:
         prepared: list[Sample | Score] = []
-        for i, record in enumerate(records):
+        for record in records:
             try:
                 prepared.append(sample_from_record(record))
             except RecordError as exc:
-                prepared.append(Score.unscored(f"records[{i}]: {exc}"))
-        scores = await self.score_samples(prepared)
-        return [scored_record(record, _named(score, i, record)) for i, (record, score) in enumerate(zip(records, scores))]
+                prepared.append(Score.unscored(str(exc)))
+        scores = [_named(score, i, record) for i, (record, score) in enumerate(zip(records, await self.score_samples(prepared)))]
+        self.log_unscored("/score", [s.error for s in scores if not s.scored])
+        cap = self.scorer.config.format_rules.max_response_chars
+        return [_without_oversized_response(scored_record(record, score), cap) for record, score in zip(records, scores)]
+
+    def log_unscored(self, endpoint: str, errors: Sequence[str | None]) -> None:
+        """Log why records could not be scored: at most one line per ``UNSCORED_LOG_INTERVAL_S``, with counts."""
+        if not errors:
+            return
+        self._unscored_since_log += len(errors)
+        now = time.monotonic()
+        if now - self._last_unscored_log < UNSCORED_LOG_INTERVAL_S:
+            return
+        log.warning("%s: %d records could not be scored since the last report; latest: %s",
+                    endpoint, self._unscored_since_log, errors[0])
+        self._unscored_since_log, self._last_unscored_log = 0, now
 
     async def score_openrlhf(self, body: Mapping[str, Any]) -> dict[str, Any]:
         queries = body.get("query")
@@ -212,6 +236,7 @@ class RewardService:
         labels = _optional_list(body, "labels", n)
         prepared = [self._openrlhf_sample(i, queries[i], prompts[i], labels[i]) for i in range(n)]
         scores = await self.score_samples(prepared)
+        self.log_unscored("/openrlhf", [s.error for s in scores if not s.scored])
         placeholder = self.openrlhf.unscored_reward
         rewards = [s.reward if s.reward is not None else placeholder for s in scores]
         return {
@@ -231,11 +256,15 @@ class RewardService:
         if not isinstance(query, str):
             return Score.unscored(f"{where}: must be a string, got {type(query).__name__}")
         if prompt is None:
-            response = query
-        elif not isinstance(prompt, str) or not query.startswith(prompt):
-            return Score.unscored(f"{where}: does not start with prompts[{i}]; cannot separate the response")
+            response: str | None = query
+        elif not isinstance(prompt, str):
+            return Score.unscored(f"{where}: prompts[{i}] must be a string, got {type(prompt).__name__}")
         else:
-            response = query[len(prompt):]
+            response = response_after_prompt(query, prompt)
+        if response is None:
+            return Score.unscored(f"{where}: starts neither with prompts[{i}] nor with a tail of it (at least "
+                                  f"{MIN_PROMPT_TAIL_CHARS} characters, what OpenRLHF keeps of a truncated prompt); "
+                                  "cannot separate the response")
         try:
             fields = label_fields(label, self.openrlhf.default_domain)
         except ValueError as exc:
@@ -247,12 +276,74 @@ class RewardService:
             return Score.unscored(f"{where}: labels[{i}]: {exc}")
 
 
+UNSCORED_LOG_INTERVAL_S = 10.0  # how often the server logs why records could not be scored (a log rate, no budget)
+
+
 def _named(score: Score, index: int, record: Any) -> Score:
-    """An error about a record without ``id`` also names its position in the request."""
-    if score.scored or score.error is None or not isinstance(record, Mapping) or record.get("id") is not None \
-            or score.error.startswith("records["):
+    """Every record error starts the same way: ``records[<position>]: `` (then the record's own words,
+    which name its ``id`` when it has one)."""
+    if score.scored or score.error is None:
         return score
-    return Score.unscored(f"records[{index}]: {score.error.removeprefix('record: ')}", **score.components)
+    message = score.error.removeprefix("record: ")
+    return Score.unscored(f"records[{index}]: {message}", **score.components)
+
+
+def _without_oversized_response(result: dict[str, Any], cap: int) -> dict[str, Any]:
+    """A response over the size cap is not echoed back (a 20 MB echo is what the cap exists to prevent);
+    ``response_chars`` says how long it was."""
+    response = result.get("response")
+    if isinstance(response, str) and len(response) > cap:
+        result["response"] = None
+        result["response_chars"] = len(response)
+    return result
+
+
+#: The shortest prompt tail accepted as the start of a query whose prompt OpenRLHF truncated.
+MIN_PROMPT_TAIL_CHARS = 32
+#: Leading characters of a query that may be the debris of a token cut in two by that truncation.
+MAX_CUT_TOKEN_CHARS = 4
+
+
+def response_after_prompt(query: str, prompt: str) -> str | None:
+    """The response part of an OpenRLHF query: ``query`` minus its prompt.
+
+    OpenRLHF's query is ``decode(prompt_tokens + response_tokens)``; a prompt longer than
+    ``max_len - max_new_tokens`` loses its *head* (``prompt_tokens[-max_prompt_length:]``), so the
+    query then starts with a tail of ``prompts[i]``, possibly after a few replacement characters
+    from a multi-byte character whose token was cut. The longest tail of the prompt (at least
+    :data:`MIN_PROMPT_TAIL_CHARS`, or the whole prompt) that starts the query marks the response;
+    None when there is none.
+    """
+    if query.startswith(prompt):
+        return query[len(prompt):]
+    for skip in range(min(MAX_CUT_TOKEN_CHARS, len(query)) + 1):
+        overlap = _longest_prefix_that_is_suffix(query[skip:skip + len(prompt)], prompt)
+        if overlap >= min(MIN_PROMPT_TAIL_CHARS, len(prompt)):
+            return query[skip + overlap:]
+        if skip < len(query) and query[skip] != "\ufffd":
+            break  # only replacement characters may precede the tail
+    return None
+
+
+def _longest_prefix_that_is_suffix(head: str, text: str) -> int:
+    """Length of the longest prefix of ``head`` that is a suffix of ``text`` (Knuth–Morris–Pratt, linear)."""
+    if not head or not text:
+        return 0
+    failure = [0] * len(head)
+    k = 0
+    for i in range(1, len(head)):
+        while k and head[i] != head[k]:
+            k = failure[k - 1]
+        if head[i] == head[k]:
+            k += 1
+        failure[i] = k
+    k = 0
+    for ch in text[max(0, len(text) - len(head)):]:
+        while k and (k == len(head) or ch != head[k]):
+            k = failure[k - 1]
+        if ch == head[k]:
+            k += 1
+    return k
 
 
 def _optional_list(body: Mapping[str, Any], name: str, n: int) -> list[Any]:
@@ -318,7 +409,14 @@ def create_app(service: RewardService | None = None, *, config: ScoringConfig | 
     """The ASGI app. With ``service`` given, the caller owns its scorer; otherwise the app builds one
     from ``config`` at start-up and closes it at shutdown."""
     owned = service is None
-    svc = service or RewardService(Scorer(config or ScoringConfig()), limits, openrlhf, token)
+    if service is None:
+        scorer = Scorer(config or ScoringConfig())
+        try:
+            service = RewardService(scorer, limits, openrlhf, token)
+        except UnknownName:  # an unknown default domain: nothing starts
+            scorer.close()
+            raise
+    svc = service
 
     def endpoint(name: str, handler: Handler, *, auth: bool = True) -> Handler:
         async def run(request: Request) -> Response:
@@ -329,10 +427,10 @@ def create_app(service: RewardService | None = None, *, config: ScoringConfig | 
                     raise HTTPError(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
                 response = await handler(request)
             except HTTPError as exc:
-                response = json_response({"error": exc.message}, exc.status, exc.headers)
+                response = error_response(exc.status, exc.message, exc.headers)
             except Exception as exc:  # a bug must still answer, and be counted
                 log.exception("%s failed", name)
-                response = json_response({"error": f"internal error: {exc!r}"}, 500)
+                response = error_response(500, f"internal error: {exc!r}")
             finally:
                 svc.metrics.inflight_requests -= 1
             svc.metrics.observe_request(name, response.status_code, time.perf_counter() - started)
@@ -398,7 +496,19 @@ def create_app(service: RewardService | None = None, *, config: ScoringConfig | 
         Route("/readyz", endpoint("readyz", readyz, auth=False), methods=["GET"]),
         Route("/metrics", endpoint("metrics", metrics), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def http_exception(request: Request, exc: Exception) -> Response:
+        """Starlette's own errors (404 no such path, 405 wrong method) in the same JSON shape."""
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            message = f"no endpoint {request.url.path}; endpoints: {', '.join(sorted({r.path for r in routes}))}"
+        elif exc.status_code == 405:
+            allowed = {k.lower(): v for k, v in (exc.headers or {}).items()}.get("allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        else:
+            message = str(exc.detail)
+        return error_response(exc.status_code, message, exc.headers)
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_exception})
     app.state.service = svc
     return app
 
@@ -488,11 +598,10 @@ def _token(path: str | None) -> str | None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from ..cli import judge_options  # the same judge flags as `mdreward score`
-    from ..config import ConfigError, load_config
+    from ..config import ConfigError, load_config  # the same loader and judge flags as `mdreward score`
     try:
         config = load_config(args.config, think_in_prompt=True if args.think_in_prompt else None,
-                             domain_options=judge_options(args))
+                             judge_url=args.judge_url, judge_model=args.judge_model)
         limits = ServerLimits(int(args.max_body_mb * 2**20), args.max_records, args.max_pending)
         token = _token(args.token_file)
     except (ConfigError, ValueError, OSError) as exc:
@@ -500,8 +609,12 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     if token is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without a bearer token: anyone who can reach it can use it", args.host)
-    app = create_app(config=config, limits=limits, token=token,
-                     openrlhf=OpenRLHFOptions(args.default_domain, args.unscored_reward))
+    try:
+        app = create_app(config=config, limits=limits, token=token,
+                         openrlhf=OpenRLHFOptions(args.default_domain, args.unscored_reward))
+    except UnknownName as exc:
+        print(f"error: --default-domain: {exc}", file=sys.stderr)
+        return 2
     sock = bind_socket(args.host, args.port)
     print(f"mdreward serve: listening on http://{args.host}:{sock.getsockname()[1]}", file=sys.stderr, flush=True)
     serve(app, drain_s=config.timeouts.server_drain_s, log_level=args.log_level, sock=sock)

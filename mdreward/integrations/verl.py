@@ -2,10 +2,15 @@
 
 verl may load this file by path (``path=/.../verl.py``) or as ``pkg://mdreward.integrations.verl``;
 it therefore imports mdreward by absolute names. ``data_source`` picks the mdreward domain
-through a :class:`DataSourceTable` (glob rules, first match wins). Every call returns verl's dict
+through a :class:`DataSourceTable` (glob rules, first match wins: ``data_source_map``, then the
+patterns installed domains declare in ``DomainSpec.data_sources``, then ``DEFAULT_RULES``). Every call returns verl's dict
 form with the same keys, so verl can stack them into ``reward_extra_info``; a record that could
-not be scored has ``scored=False`` and ``score=unscored_score`` (a placeholder to mask, see
-docs/integrations.md), never a silent 0.
+not be scored has ``scored=False``, ``acc=None`` (verl's validation metrics skip None) and
+``score=unscored_score`` (a placeholder to mask, see docs/integrations.md), never a silent 0.
+
+Supported verl: 0.9 (tested with 0.9.1), through these functions (``custom_reward_function``) or
+:mod:`mdreward.integrations.verl_loop` (a reward manager that batches, and an advantage estimator
+that leaves unscored responses out). verl < 0.9 calls the same function signature (untested here).
 """
 from __future__ import annotations
 
@@ -13,12 +18,13 @@ import ast
 import fnmatch
 import json
 import logging
+import os
 import threading
 from dataclasses import replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from mdreward.registry import UnknownName
-from mdreward.scoring import Scorer, ScoringConfig
+from mdreward.scoring import Scorer
 from mdreward.types import Sample, Score
 
 log = logging.getLogger(__name__)
@@ -38,7 +44,7 @@ DEFAULT_RULES: tuple[tuple[str, str], ...] = (
     ("*/mbpp*", "code"), ("leetcode*", "code"),
     ("stem*", "science"), ("gpqa*", "science"), ("*/gpqa*", "science"), ("supergpqa*", "science"),
     ("*/supergpqa*", "science"), ("webinstruct*", "science"),
-    ("writing*", "writing"), ("creative_writing*", "writing"),
+    ("writing*", "writing"), ("creative_writing*", "writing"), ("creative__writing*", "writing"),
 )
 EXPLICIT_PREFIX = "mdreward:"
 
@@ -71,6 +77,11 @@ class DataSourceTable:
 
 
 DEFAULT_TABLE = DataSourceTable()
+
+
+def registry_rules(registry: Any) -> tuple[tuple[str, str], ...]:
+    """``(pattern, domain)`` rules the installed domains declare in ``DomainSpec.data_sources``."""
+    return tuple((pattern, entry.name) for entry in registry for pattern in entry.value.data_sources)
 
 
 class GroundTruthError(ValueError):
@@ -147,6 +158,25 @@ def code_tests(ground_truth: Any, extra_info: Mapping[str, Any] | None = None) -
     raise GroundTruthError(f"ground_truth of type {type(value).__name__} is not a code-test shape")
 
 
+def _deep_plain(value: Any) -> Any:
+    """numpy values inside dicts and lists as plain Python values (for JSON)."""
+    value = _plain(value)
+    if isinstance(value, Mapping):
+        return {str(k): _deep_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_deep_plain(v) for v in value]
+    return value
+
+
+def _json_reference(ground_truth: Any) -> str:
+    """A structured ground truth (dict, list, or a JSON string of one) as one JSON document."""
+    value = _deep_plain(_maybe_json(ground_truth))
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise GroundTruthError(f"ground_truth is not JSON data: {exc}") from None
+
+
 def _reference(ground_truth: Any) -> str:
     value = _plain(ground_truth)
     if isinstance(value, list) and len(value) == 1:
@@ -167,6 +197,11 @@ def _text_field(extra: Mapping[str, Any], *names: str) -> str | None:
     return None
 
 
+def _samples(prepared: Sequence[tuple[str, Sample | Score]]) -> list[Sample]:
+    """The prepared items that still need scoring (the others are already an error ``Score``)."""
+    return [item for _, item in prepared if isinstance(item, Sample)]
+
+
 class VerlReward:
     """Scores verl rollouts with one :class:`Scorer` (call :meth:`close` when done).
 
@@ -174,31 +209,37 @@ class VerlReward:
     scored; such records carry ``scored=False`` so they can be masked (docs/integrations.md).
     """
 
-    def __init__(self, scorer: Scorer | None = None, *, table: DataSourceTable = DEFAULT_TABLE,
+    def __init__(self, scorer: Scorer | None = None, *, table: DataSourceTable | None = None,
                  unscored_score: float = 0.0) -> None:
         self.scorer = scorer or Scorer()
-        self.table = table
+        self.table = table if table is not None else DEFAULT_TABLE.with_rules(registry_rules(self.scorer.registry))
         self.unscored_score = float(unscored_score)
 
     # ---- verl's two calling conventions ------------------------------------------------------
     def compute_score(self, data_source: str, solution_str: str, ground_truth: Any,
                       extra_info: Mapping[str, Any] | None = None, **_: Any) -> dict[str, Any]:
         prepared = [self.sample(data_source, solution_str, ground_truth, extra_info)]
-        todo = [p for p in prepared if isinstance(p[1], Sample)]
-        return self._finish(prepared, self.scorer.score_batch([sample for _, sample in todo]) if todo else [])[0]
+        todo = _samples(prepared)
+        return self._finish(prepared, self.scorer.score_batch(todo) if todo else [])[0]
 
     def compute_score_batch(self, data_sources: Sequence[str], solution_strs: Sequence[str],
                             ground_truths: Sequence[Any], extra_infos: Sequence[Mapping[str, Any] | None] | None = None,
                             **_: Any) -> list[dict[str, Any]]:
         prepared = self._prepare(data_sources, solution_strs, ground_truths, extra_infos)
-        todo = [p for p in prepared if isinstance(p[1], Sample)]
-        return self._finish(prepared, self.scorer.score_batch([sample for _, sample in todo]) if todo else [])
+        todo = _samples(prepared)
+        return self._finish(prepared, self.scorer.score_batch(todo) if todo else [])
 
     async def acompute_score(self, data_source: str, solution_str: str, ground_truth: Any,
                              extra_info: Mapping[str, Any] | None = None, **_: Any) -> dict[str, Any]:
-        prepared = [self.sample(data_source, solution_str, ground_truth, extra_info)]
-        todo = [p for p in prepared if isinstance(p[1], Sample)]
-        return self._finish(prepared, await self.scorer.ascore_batch([sample for _, sample in todo]) if todo else [])[0]
+        return (await self.acompute_score_batch([data_source], [solution_str], [ground_truth], [extra_info]))[0]
+
+    async def acompute_score_batch(self, data_sources: Sequence[str], solution_strs: Sequence[str],
+                                   ground_truths: Sequence[Any],
+                                   extra_infos: Sequence[Mapping[str, Any] | None] | None = None,
+                                   **_: Any) -> list[dict[str, Any]]:
+        prepared = self._prepare(data_sources, solution_strs, ground_truths, extra_infos)
+        todo = _samples(prepared)
+        return self._finish(prepared, await self.scorer.ascore_batch(todo) if todo else [])
 
     def close(self) -> None:
         self.scorer.close()
@@ -233,7 +274,12 @@ class VerlReward:
         try:
             needs_tests = "tests" in spec.required_fields
             tests = code_tests(ground_truth, extra) if needs_tests else None
-            reference = None if needs_tests else _reference(ground_truth)
+            if needs_tests:
+                reference = None
+            elif spec.reference_format == "json":
+                reference = _json_reference(ground_truth)
+            else:
+                reference = _reference(ground_truth)
         except GroundTruthError as exc:
             return domain, Score.unscored(f"{where}: {exc}")
         return domain, Sample(
@@ -250,7 +296,7 @@ class VerlReward:
             "scored": score.scored,
             "status": score.status.value,
             "domain": domain,
-            "acc": 1.0 if components.get("correct") is True else 0.0,
+            "acc": (1.0 if components.get("correct") is True else 0.0) if score.scored else None,
             "format_ok": 1.0 if components.get("format_ok", score.scored and score.status.value == "ok") else 0.0,
             "pred": str(score.answer or components.get("extracted_answer") or ""),
             "error": score.error or "",
@@ -278,7 +324,12 @@ class VerlReward:
 
 
 # ---- module-level functions for verl's config (one shared VerlReward per settings) -----------
-SETTINGS = ("config", "think_in_prompt", "require_think", "max_response_chars", "data_source_map", "unscored_score")
+SETTINGS = ("config", "think_in_prompt", "require_think", "max_response_chars", "data_source_map", "unscored_score",
+            "judge_url", "judge_model", "reward_workers")
+#: verl's default ``reward.num_workers``: reward-loop workers (one Scorer each) sharing a node's CPUs.
+VERL_DEFAULT_REWARD_WORKERS = 8
+#: Domains whose checks run in local worker processes sized by ``workers``.
+CPU_POOL_DOMAINS = ("math", "code")
 _shared: dict[str, VerlReward] = {}
 _shared_lock = threading.Lock()
 _warned_keys: set[str] = set()
@@ -296,9 +347,13 @@ def _settings_key(kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 def shared_reward(**reward_kwargs: Any) -> VerlReward:
     """The process-wide VerlReward for these settings (verl's ``custom_reward_function.reward_kwargs``).
 
-    ``config``: an mdreward TOML file (format rules, timeouts, domain options); ``think_in_prompt``,
-    ``require_think``, ``max_response_chars``: format rules on top of it; ``data_source_map``: extra
-    ``{glob: domain}`` rules tried before the defaults; ``unscored_score``: the placeholder reward.
+    ``config``: an mdreward TOML file (``[format]``, ``[timeouts]``, ``[judge]``, ``[domains.<name>]``:
+    the same loader as ``mdreward score --config``); ``judge_url``, ``judge_model``: the default
+    judge, as the CLI's flags; ``think_in_prompt``, ``require_think``, ``max_response_chars``: format
+    rules on top; ``data_source_map``: extra ``{glob: domain}`` rules tried before the defaults;
+    ``unscored_score``: the placeholder reward; ``reward_workers``: how many Scorers share this
+    node's CPUs (verl's ``reward.num_workers``, default 8): each gets ``cpu_count // reward_workers``
+    math and sandbox workers unless the config sets ``workers`` for that domain.
     """
     key, settings = _settings_key(reward_kwargs)
     with _shared_lock:
@@ -308,16 +363,29 @@ def shared_reward(**reward_kwargs: Any) -> VerlReward:
 
 
 def _build(settings: Mapping[str, Any]) -> VerlReward:
-    if settings.get("config"):
-        from mdreward.config import load_config
-        config = load_config(settings["config"])
-    else:
-        config = ScoringConfig()
-    rules = {k: settings[k] for k in ("think_in_prompt", "require_think", "max_response_chars") if k in settings}
+    from mdreward.config import load_config
+    reward_workers = max(1, int(settings.get("reward_workers") or VERL_DEFAULT_REWARD_WORKERS))
+    config = load_config(settings.get("config") or None, think_in_prompt=settings.get("think_in_prompt"),
+                         judge_url=settings.get("judge_url"), judge_model=settings.get("judge_model"))
+    config = replace(config, domain_options=bounded_workers(config.domain_options, reward_workers))
+    rules = {k: settings[k] for k in ("require_think", "max_response_chars") if k in settings}
     if rules:
         config = replace(config, format_rules=replace(config.format_rules, **rules))
-    table = DEFAULT_TABLE.with_rules(settings.get("data_source_map") or {})
-    return VerlReward(Scorer(config), table=table, unscored_score=float(settings.get("unscored_score", 0.0)))
+    scorer = Scorer(config)
+    table = DEFAULT_TABLE.with_rules(registry_rules(scorer.registry)).with_rules(settings.get("data_source_map") or {})
+    return VerlReward(scorer, table=table, unscored_score=float(settings.get("unscored_score", 0.0)))
+
+
+def bounded_workers(domain_options: Mapping[str, Mapping[str, Any]], reward_workers: int,
+                    cpus: int | None = None) -> dict[str, dict[str, Any]]:
+    """Domain options where each CPU-pool domain gets ``cpus // reward_workers`` workers (at least 1),
+    so that verl's ``reward_workers`` Scorers on one node do not start ``reward_workers x cpus``
+    processes. A ``workers`` option already set is kept."""
+    share = max(1, (cpus or os.cpu_count() or 1) // max(1, reward_workers))
+    options = {name: dict(values) for name, values in domain_options.items()}
+    for name in CPU_POOL_DOMAINS:
+        options.setdefault(name, {}).setdefault("workers", share)
+    return options
 
 
 def close_shared() -> None:
@@ -346,6 +414,14 @@ async def acompute_score(data_source: str, solution_str: str, ground_truth: Any,
                          extra_info: Mapping[str, Any] | None = None, **reward_kwargs: Any) -> dict[str, Any]:
     """The async form, for verl's reward loop, which awaits coroutine reward functions."""
     return await shared_reward(**reward_kwargs).acompute_score(data_source, solution_str, ground_truth, extra_info)
+
+
+async def acompute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str], ground_truths: Sequence[Any],
+                               extra_infos: Sequence[Mapping[str, Any] | None] | None = None,
+                               **reward_kwargs: Any) -> list[dict[str, Any]]:
+    """The awaitable batch form (mdreward's verl reward manager calls it for concurrent requests)."""
+    return await shared_reward(**reward_kwargs).acompute_score_batch(data_sources, solution_strs, ground_truths,
+                                                                     extra_infos)
 
 
 def scored_mask(reward_extra_info: Mapping[str, Sequence[Any]]) -> list[bool]:

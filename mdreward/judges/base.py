@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
 Endpoint = Literal["completions", "chat"]
 
@@ -23,6 +24,7 @@ class JudgeRequest:
     max_tokens: int = 1024
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int | None = None  # None: the server's default (no top-k cut)
     stop: tuple[str, ...] = ()
     seed: int | None = None
 
@@ -45,8 +47,12 @@ class JudgeRequest:
     def cache_key(self, model: str) -> str:
         """A digest of the exact request (model, endpoint, text and every sampling parameter)."""
         body = json.dumps([model, self.endpoint, self.prompt, self.messages, self.max_tokens, self.temperature,
-                           self.top_p, self.stop, self.seed], ensure_ascii=False)
-        return hashlib.sha256(body.encode("utf-8")).hexdigest()
+                           self.top_p, self.top_k, self.stop, self.seed], ensure_ascii=False)
+        return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def sampling(self) -> tuple:
+        """The parameters that must be equal for requests to share one engine call."""
+        return (self.endpoint, self.max_tokens, self.temperature, self.top_p, self.top_k, self.stop, self.seed)
 
     def approx_tokens(self) -> int:
         """A cheap upper-ish estimate of the tokens this request uses (for tokens-per-minute limits)."""
@@ -80,6 +86,16 @@ class JudgeFailure:
 
 
 JudgeResult = JudgeReply | JudgeFailure
+
+
+def load_tokenizer(tokenizer: Any) -> Any:
+    """A tokenizer object (anything with ``encode``), or one loaded with transformers from a local path
+    (or a hub name where a hub is reachable)."""
+    if not isinstance(tokenizer, (str, os.PathLike)) and hasattr(tokenizer, "encode"):
+        return tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tokenizer))
 
 
 @runtime_checkable

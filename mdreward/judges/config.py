@@ -25,26 +25,49 @@ that domain's options; a domain's ``judge`` table overrides the default key by k
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
+from ..config import ConfigError, read_config_file
+from ..registry import DomainSpec, Registry, load_domains
+from ..scoring import merged_judge
 from ..timeouts import DEFAULT_TIMEOUTS, Timeouts
 from .base import JudgeClient
 
-#: The domains that need a judge model (configured by ``--judge-url``/``--judge-model``).
-JUDGED_DOMAINS = ("science", "writing", "writingbench")
-
 _OPENAI_KEYS = {"backend", "url", "model", "api_key", "api_key_env", "max_concurrency", "batch_size", "max_retries",
-                "requests_per_minute", "tokens_per_minute", "cache_size", "extra_body", "seed", "transport"}
+                "requests_per_minute", "tokens_per_minute", "cache_size", "extra_body", "seed", "transport",
+                "tokenizer"}
 _TRANSFORMERS_KEYS = {"backend", "model", "gguf_file", "device", "dtype", "max_batch", "max_prompt_tokens",
                       "num_threads"}
 _VLLM_KEYS = {"backend", "model", "engine"}
 
 
-class JudgeConfigError(ValueError):
+class JudgeConfigError(ConfigError):
     """A judge spec or config file is wrong; the message names the place and the key."""
+
+
+def judged_domains(registry: Registry[DomainSpec] | None = None) -> tuple[str, ...]:
+    """The domains whose ``DomainSpec.needs`` has ``"judge"`` (plugins included), by registered name."""
+    return tuple(e.name for e in (registry or load_domains()) if "judge" in e.value.needs)
+
+
+def check_judge_spec(spec: Mapping[str, Any], *, where: str = "judge", complete: bool = True) -> str:
+    """The spec's backend, after checking its keys; ``complete``: also the model (and an OpenAI URL)."""
+    backend = spec.get("backend", "openai")
+    allowed = {"openai": _OPENAI_KEYS, "transformers": _TRANSFORMERS_KEYS, "vllm": _VLLM_KEYS}.get(backend)
+    if allowed is None:
+        raise JudgeConfigError(f"{where}.backend: unknown backend {backend!r} (openai, transformers, vllm)")
+    unknown = set(spec) - allowed
+    if unknown:
+        raise JudgeConfigError(f"{where}: unknown key(s) {sorted(unknown)} for backend {backend!r}; "
+                               f"known: {sorted(allowed)}")
+    if not complete:
+        return str(backend)
+    if not spec.get("model"):
+        raise JudgeConfigError(f"{where}.model: a judge needs a model name")
+    if backend == "openai" and not spec.get("url"):
+        raise JudgeConfigError(f"{where}.url: an OpenAI-compatible judge needs a base URL (e.g. http://host:8000/v1)")
+    return str(backend)
 
 
 def build_judge(spec: JudgeClient | Mapping[str, Any], *, timeouts: Timeouts = DEFAULT_TIMEOUTS,
@@ -54,24 +77,14 @@ def build_judge(spec: JudgeClient | Mapping[str, Any], *, timeouts: Timeouts = D
         if isinstance(spec, JudgeClient):
             return spec
         raise JudgeConfigError(f"{where}: expected a judge spec (a mapping) or a JudgeClient, got {type(spec).__name__}")
-    backend = spec.get("backend", "openai")
-    allowed = {"openai": _OPENAI_KEYS, "transformers": _TRANSFORMERS_KEYS, "vllm": _VLLM_KEYS}.get(backend)
-    if allowed is None:
-        raise JudgeConfigError(f"{where}.backend: unknown backend {backend!r} (openai, transformers, vllm)")
-    unknown = set(spec) - allowed
-    if unknown:
-        raise JudgeConfigError(f"{where}: unknown key(s) {sorted(unknown)} for backend {backend!r}; "
-                               f"known: {sorted(allowed)}")
-    if not spec.get("model"):
-        raise JudgeConfigError(f"{where}.model: a judge needs a model name")
+    backend = check_judge_spec(spec, where=where)
     if backend == "openai":
-        if not spec.get("url"):
-            raise JudgeConfigError(f"{where}.url: an OpenAI-compatible judge needs a base URL (e.g. http://host:8000/v1)")
         from .openai_client import OpenAIJudge
 
         api_key = spec.get("api_key") or (os.environ.get(spec["api_key_env"]) if spec.get("api_key_env") else None)
         options = {k: spec[k] for k in ("max_concurrency", "batch_size", "max_retries", "requests_per_minute",
-                                        "tokens_per_minute", "cache_size", "extra_body", "seed", "transport") if k in spec}
+                                        "tokens_per_minute", "cache_size", "extra_body", "seed", "transport",
+                                        "tokenizer") if k in spec}
         try:
             return OpenAIJudge(base_url=str(spec["url"]), model=str(spec["model"]), api_key=api_key,
                                timeouts=timeouts, **options)
@@ -89,28 +102,11 @@ def build_judge(spec: JudgeClient | Mapping[str, Any], *, timeouts: Timeouts = D
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a TOML (``.toml``) or JSON config file."""
-    file = Path(path)
+    """Read a TOML (``.toml``) or JSON config file (``mdreward.config.read_config_file``)."""
     try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise JudgeConfigError(f"judge config {file}: cannot read it ({exc.strerror})") from None
-    if file.suffix.lower() == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            raise JudgeConfigError(f"judge config {file}: TOML needs Python 3.11+; use JSON") from None
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise JudgeConfigError(f"judge config {file}: invalid TOML: {exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise JudgeConfigError(f"judge config {file}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise JudgeConfigError(f"judge config {file}: the top level must be an object")
-    return data
+        return read_config_file(path)
+    except ConfigError as exc:
+        raise JudgeConfigError(str(exc)) from None
 
 
 def judge_options_from_cli(url: str | None, model: str | None,
@@ -128,14 +124,15 @@ def judge_options_from_cli(url: str | None, model: str | None,
     ``DomainUnavailable``, unless it runs rule-only). Judge specs stay plain mappings: each
     domain builds (and closes) its own client.
     """
+    judged = judged_domains()
     data: dict[str, Any] = dict(load_config_file(config) if isinstance(config, (str, os.PathLike)) else (config or {}))
     if "domains" in data:  # a whole mdreward config: [judge] plus [domains.<name>] tables; the rest is not ours
         domains = data["domains"] if isinstance(data["domains"], Mapping) else {}
-        data = {"judge": data.get("judge") or {}, **{d: domains[d] for d in JUDGED_DOMAINS if d in domains}}
-    unknown = set(data) - {"judge", *JUDGED_DOMAINS}
+        data = {"judge": data.get("judge") or {}, **{d: domains[d] for d in judged if d in domains}}
+    unknown = set(data) - {"judge", *judged}
     if unknown:
         raise JudgeConfigError(f"judge config: unknown section(s) {sorted(unknown)}; "
-                               f"known: ['judge', {', '.join(repr(d) for d in JUDGED_DOMAINS)}]")
+                               f"known: ['judge', {', '.join(repr(d) for d in judged)}]")
     default = dict(_table(data, "judge"))
     if url:
         default["url"] = url
@@ -144,9 +141,9 @@ def judge_options_from_cli(url: str | None, model: str | None,
     if url and not default.get("model"):
         raise JudgeConfigError("--judge-url needs --judge-model (or a model in the config's [judge] table)")
     options: dict[str, dict[str, Any]] = {}
-    for domain in JUDGED_DOMAINS:
+    for domain in judged:
         own = dict(_table(data, domain))
-        judge = {**default, **_table(own, "judge", f"{domain}.judge")}
+        judge = merged_judge(default, _table(own, "judge", f"{domain}.judge"))
         own.pop("judge", None)
         if judge:
             if not judge.get("model"):

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from ..runtime import LRUCache
 from ..timeouts import DEFAULT_TIMEOUTS, Timeouts
-from .base import JudgeFailure, JudgeReply, JudgeRequest, JudgeResult
+from .base import JudgeFailure, JudgeReply, JudgeRequest, JudgeResult, load_tokenizer
 from .http_transport import (HTTPStatusFailure, JudgeTransport, MalformedResponse, Unreachable,
                              check_installed, make_transport)
 from .limits import MinuteBudget, backoff_delay
@@ -50,7 +50,7 @@ class OpenAIJudge:
                  max_retries: int = 4, requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, cache_size: int = 50_000,
                  extra_body: dict[str, Any] | None = None, seed: int | None = None,
-                 transport: str = "aiohttp") -> None:
+                 transport: str = "aiohttp", tokenizer: Any = None) -> None:
         check_installed(transport)
         if max_concurrency < 1 or batch_size < 1 or max_retries < 0:
             raise ValueError("max_concurrency and batch_size must be >= 1, max_retries >= 0")
@@ -74,6 +74,13 @@ class OpenAIJudge:
         self._request_budget: MinuteBudget | None = None
         self._token_budget: MinuteBudget | None = None
         self._in_flight: dict[str, asyncio.Future[JudgeResult]] = {}
+        self._tokenizer = load_tokenizer(tokenizer) if tokenizer is not None else None
+        if self._tokenizer is not None:
+            self.count_tokens = self._count_tokens  # domains bound their inputs with the judge's own tokenizer
+
+    def _count_tokens(self, text: str) -> int:
+        assert self._tokenizer is not None
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
 
     # ---- public ---------------------------------------------------------------------------
     async def generate(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
@@ -143,8 +150,7 @@ class OpenAIJudge:
         for item in items:
             request = item[1]
             if request.endpoint == "completions":
-                params = (request.max_tokens, request.temperature, request.top_p, request.stop, request.seed)
-                groups.setdefault(params, []).append(item)
+                groups.setdefault(request.sampling(), []).append(item)
             else:
                 groups[("single", item[0])] = [item]
         for members in groups.values():
@@ -153,6 +159,10 @@ class OpenAIJudge:
 
     async def _run_chunk(self, chunk: list[_Item]) -> None:
         outcomes = await self._call_with_retries([request for _, request, _ in chunk])
+        if len(chunk) > 1 and isinstance(outcomes[0], JudgeFailure) and not outcomes[0].transient:
+            # One prompt the server refuses (say, over its context: HTTP 400) fails the whole call:
+            # ask again one prompt per call, so only that prompt fails.
+            outcomes = [(await self._call_with_retries([request]))[0] for _, request, _ in chunk]
         for (key, _, future), outcome in zip(chunk, outcomes):
             if isinstance(outcome, JudgeReply):
                 if self._cache is not None:
@@ -225,6 +235,8 @@ class OpenAIJudge:
             body["stop"] = list(first.stop)
         if first.seed is not None:
             body["seed"] = first.seed
+        if first.top_k is not None:
+            body["top_k"] = first.top_k  # vLLM and SGLang accept it; hosted APIs may not
         body.update(self.extra_body)
         if first.endpoint == "completions":
             body["prompt"] = [r.prompt for r in requests] if len(requests) > 1 else first.prompt
@@ -245,7 +257,7 @@ class OpenAIJudge:
         prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
         used = (prompt_tokens or 0) + (completion_tokens or 0) if usage else None
         single = len(requests) == 1
-        return [JudgeReply(text, finish if isinstance(finish, str) else None,
+        return [JudgeReply(str(text), finish if isinstance(finish, str) else None,
                            prompt_tokens if single else None, completion_tokens if single else None)
                 for text, finish in texts], used
 

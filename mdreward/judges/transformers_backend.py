@@ -43,29 +43,40 @@ class TransformersJudge:
         torch_dtype = getattr(torch, dtype) if dtype else None
         model = AutoModelForCausalLM.from_pretrained(path, **load, **({"dtype": torch_dtype} if torch_dtype else {}))
         if device:
-            model = model.to(device)
+            model.to(device)  # type: ignore[arg-type]  # transformers types its wrapped .to() wrongly
         model.eval()
         return cls(model, tokenizer, name=path if not gguf_file else f"{path}/{gguf_file}", timeouts=timeouts, **kwargs)
 
     async def generate(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
         results: list[JudgeResult] = []
         # Requests with the same sampling parameters run together.
-        order = sorted(range(len(requests)), key=lambda i: _params(requests[i]))
+        order = sorted(range(len(requests)), key=lambda i: repr(requests[i].sampling()))
         by_index: dict[int, JudgeResult] = {}
         for start in range(0, len(order), self.max_batch):
             group = order[start:start + self.max_batch]
             batch = [requests[i] for i in group]
-            same = all(_params(r) == _params(batch[0]) for r in batch)
+            same = all(r.sampling() == batch[0].sampling() for r in batch)
             chunks = [batch] if same else [[r] for r in batch]
             outputs: list[JudgeResult] = []
             for chunk in chunks:
-                try:
-                    outputs.extend(await asyncio.to_thread(self._generate_sync, chunk))
-                except (RuntimeError, ValueError) as exc:  # e.g. out of memory, a prompt over the context
-                    outputs.extend(JudgeFailure(f"local judge failed: {exc!r}", transient=False) for _ in chunk)
+                outputs.extend(await self._generate_isolated(chunk))
             by_index.update(zip(group, outputs))
         results = [by_index[i] for i in range(len(requests))]
         return results
+
+    async def _generate_isolated(self, chunk: list[JudgeRequest]) -> list[JudgeResult]:
+        """One batch; if it fails (a prompt over the context, out of memory), each request alone, so one
+        bad request fails only itself."""
+        try:
+            return await asyncio.to_thread(self._generate_sync, chunk)
+        except (RuntimeError, ValueError) as exc:
+            if len(chunk) == 1:
+                return [JudgeFailure(f"local judge failed: {exc!r}", transient=False)]
+        return [(await self._generate_isolated([request]))[0] for request in chunk]
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in this judge's tokenizer (domains bound their inputs with it)."""
+        return len(self._tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def _texts(self, batch: Sequence[JudgeRequest]) -> list[str]:
         texts = []
@@ -93,7 +104,8 @@ class TransformersJudge:
                 raise ValueError(f"prompt of {encoded['input_ids'].shape[1]} tokens is over {self.max_prompt_tokens}")
             encoded = {k: v.to(self._model.device) for k, v in encoded.items()}
             sampling: dict[str, Any] = ({"do_sample": False} if first.temperature <= 0 else
-                                        {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p})
+                                        {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p,
+                                         "top_k": first.top_k or 0})
             if first.seed is not None:
                 torch.manual_seed(first.seed)
             threads = torch.get_num_threads()
@@ -121,16 +133,17 @@ class TransformersJudge:
                     if text.endswith(s):
                         text = text[: -len(s)]
                         break
+            if ended is None and not stopped_on_string and len(tokens) < first.max_tokens:
+                # Stopped by max_time (the wall clock), not by the token limit: our failure, not the answer's.
+                replies.append(JudgeFailure(f"local judge ran out of time ({self.timeouts.judge_request_s}s) after "
+                                            f"{len(tokens)} of {first.max_tokens} tokens"))
+                continue
             finish = "stop" if ended is not None or stopped_on_string else "length"
             replies.append(JudgeReply(text, finish, prompt_len, len(tokens)))
         return replies
 
     async def aclose(self) -> None:
         return None
-
-
-def _params(request: JudgeRequest) -> tuple:
-    return (request.endpoint, request.max_tokens, request.temperature, request.top_p, request.stop, request.seed)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

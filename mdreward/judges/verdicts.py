@@ -43,10 +43,11 @@ _PAIRWISE_TOKEN = re.compile(r"\[\[([ABC])\]\]")
 _TRAILING_DECORATION = " \t\r\n*_`.!\"'"
 
 
-def pairwise_verdict(reply: JudgeReply) -> Verdict:
+def pairwise_verdict(reply: JudgeReply, nonce: str | None = None) -> Verdict:
     """The pairwise judge's verdict: ``[[A]]``, ``[[B]]`` or ``[[C]]`` at the very end of its output
     (trailing whitespace, markdown emphasis and a full stop allowed); another verdict token on that
-    last line makes it ambiguous."""
+    last line makes it ambiguous. With ``nonce``, the last line must also carry the request's nonce
+    (``Verdict <nonce>: [[A]]``): a token copied from the texts has none."""
     if reply.truncated:
         return Verdict(None, "judge output was truncated (token or time limit)")
     tail = reply.text.rstrip(_TRAILING_DECORATION)
@@ -57,15 +58,18 @@ def pairwise_verdict(reply: JudgeReply) -> Verdict:
     tokens = set(_PAIRWISE_TOKEN.findall(last_line))
     if len(tokens) > 1:
         return Verdict(None, f"judge's last line names several verdicts {sorted(tokens)}")
+    if nonce is not None and nonce not in last_line:
+        return Verdict(None, "the verdict line does not carry the request's nonce")
     return Verdict(match.group(1))
 
 
 _FENCED = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?```$", re.DOTALL | re.IGNORECASE)
 
 
-def critic_json(reply: JudgeReply, low: int = 1, high: int = 10) -> Verdict:
+def critic_json(reply: JudgeReply, low: int = 1, high: int = 10, nonce: str | None = None) -> Verdict:
     """A WritingBench critic answer: exactly one JSON object ``{"score": int in [low, high], "reason": str}``,
-    optionally inside one ```json fence. Parsed with ``json.loads`` only (never ``eval``)."""
+    optionally inside one ```json fence. Parsed with ``json.loads`` only (never ``eval``). With ``nonce``,
+    the object must also carry ``"nonce": <nonce>``."""
     if reply.truncated:
         return Verdict(None, "critic output was truncated (token or time limit)")
     body = reply.text.strip()
@@ -84,4 +88,6 @@ def critic_json(reply: JudgeReply, low: int = 1, high: int = 10) -> Verdict:
         return Verdict(None, f"critic score {score!r} is not an integer in [{low}, {high}]")
     if not isinstance(reason, str):
         return Verdict(None, "critic JSON has no string 'reason'")
+    if nonce is not None and data.get("nonce") != nonce:
+        return Verdict(None, "critic JSON does not carry the request's nonce")
     return Verdict({"score": int(score), "reason": reason})

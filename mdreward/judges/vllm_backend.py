@@ -34,7 +34,7 @@ class VLLMJudge:
     async def generate(self, requests: Sequence[JudgeRequest]) -> list[JudgeResult]:
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):
-            groups.setdefault(_group_key(request), []).append(i)
+            groups.setdefault(request.sampling(), []).append(i)
         results: dict[int, JudgeResult] = {}
         for indices in groups.values():
             batch = [requests[i] for i in indices]
@@ -48,12 +48,17 @@ class VLLMJudge:
             results.update(zip(indices, outputs))
         return [results[i] for i in range(len(requests))]
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in the engine's tokenizer (domains bound their inputs with it)."""
+        return len(self._llm.get_tokenizer().encode(text, add_special_tokens=False))
+
     def _generate_sync(self, batch: Sequence[JudgeRequest]) -> list[JudgeResult]:
         from vllm import SamplingParams
 
         first = batch[0]
         params = SamplingParams(temperature=first.temperature, top_p=first.top_p, max_tokens=first.max_tokens,
-                                stop=list(first.stop) or None, seed=first.seed)
+                                stop=list(first.stop) or None, seed=first.seed,
+                                **({"top_k": first.top_k} if first.top_k is not None else {}))
         with self._lock:
             if first.endpoint == "completions":
                 outputs = self._llm.generate([r.prompt for r in batch], params, use_tqdm=False)
@@ -69,7 +74,3 @@ class VLLMJudge:
 
     async def aclose(self) -> None:
         self._llm = None
-
-
-def _group_key(request: JudgeRequest) -> tuple:
-    return (request.endpoint, request.max_tokens, request.temperature, request.top_p, request.stop, request.seed)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Union, runtime_checkable
 
+from ..timeouts import Timeouts
+
 
 class SandboxUnavailable(RuntimeError):
     """No usable isolation (bubblewrap missing, namespaces refused, service not configured).
@@ -25,6 +27,14 @@ class SandboxLimits:
     fsize_bytes: int = 32 << 20
     output_bytes: int = 16 << 20
     tmpfs_bytes: int = 256 << 20
+    cpu_share: float = 1.0  # CPUs one slot may use at most (cgroup cpu quota), where cgroups are available
+
+    def wire(self, timeouts: Timeouts) -> dict[str, float | int]:
+        """The limits as the in-sandbox harness reads them (the one place both backends build them)."""
+        return {"cpu_s": timeouts.sandbox_cpu_s, "test_s": timeouts.sandbox_test_s, "run_s": timeouts.sandbox_run_s,
+                "wall_factor": timeouts.sandbox_wall_factor,
+                "memory_bytes": self.memory_bytes, "nproc": self.nproc, "nofile": self.nofile,
+                "fsize_bytes": self.fsize_bytes, "output_bytes": self.output_bytes}
 
 
 @dataclass(frozen=True)

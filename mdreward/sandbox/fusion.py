@@ -22,13 +22,12 @@ import httpx
 from sandbox_fusion.models import RunCodeRequest, RunCodeResponse
 
 from ..timeouts import DEFAULT_TIMEOUTS, Timeouts
-from .base import AssertJob, Job, RunResult, SandboxError, StdioJob, TestResult
-from .local import HARNESS_SOURCE
+from .base import AssertJob, Job, RunResult, SandboxError, SandboxLimits, StdioJob, TestResult
+from .local import harness_program
 from .verdict import ProtocolViolation, assert_results, parse_report, stdio_result
 
 log = logging.getLogger(__name__)
 _TRANSIENT_HTTP = {429, 500, 502, 503, 504}
-_MAIN_GUARD = 'if __name__ == "__main__":'  # the harness's local entry point, replaced by run_standalone
 
 
 class _Transient(Exception):
@@ -42,8 +41,9 @@ class FusionSandbox:
     name = "sandbox_fusion"
 
     def __init__(self, endpoint: str, *, timeouts: Timeouts = DEFAULT_TIMEOUTS, concurrency: int = 16,
-                 retries: int = 3, client: httpx.Client | None = None) -> None:
+                 retries: int = 3, client: httpx.Client | None = None, limits: SandboxLimits = SandboxLimits()) -> None:
         self.endpoint = endpoint.rstrip("/")
+        self.limits = limits
         self.timeouts = timeouts
         self.retries = retries
         self._client = client or httpx.Client(timeout=timeouts.service_request_s)
@@ -52,6 +52,10 @@ class FusionSandbox:
         self._lock = threading.Lock()
         self.requests = 0
         self.retried = 0
+
+    def metrics(self) -> dict[str, int]:
+        """Counters for monitoring: requests sent and retried."""
+        return {"requests": self.requests, "retried": self.retried}
 
     async def run(self, job: Job) -> RunResult:
         return await asyncio.wrap_future(self._executor.submit(self.run_blocking, job))
@@ -71,11 +75,8 @@ class FusionSandbox:
     def _run_assert(self, job: AssertJob, started: float) -> RunResult:
         nonce = secrets.token_hex(16)
         t = self.timeouts
-        payload = {**job.wire(), "nonce": nonce,
-                   "limits": {"cpu_s": t.sandbox_cpu_s, "test_s": t.sandbox_test_s, "run_s": t.sandbox_run_s,
-                              "memory_bytes": 1 << 30, "nproc": 4096, "nofile": 256, "fsize_bytes": 32 << 20,
-                              "output_bytes": 16 << 20}}
-        program = HARNESS_SOURCE.rsplit(_MAIN_GUARD, 1)[0] + f"\nrun_standalone({t.sandbox_start_s!r})\n"
+        payload = {**job.wire(), "nonce": nonce, "limits": self.limits.wire(t)}
+        program = harness_program(f"run_standalone({t.sandbox_start_s!r})")
         response = self._run_code(program, json.dumps(payload))
         run = response.run_result
         prefix = nonce + " "

@@ -4,15 +4,18 @@ Processes of one sandbox, all under its unprivileged uid and all non-dumpable (n
 ``/proc/<pid>/mem`` across them):
 
 * the **zygote** (``serve``): PID 1 of the sandbox's PID namespace, so nothing inside can signal
-  it. It reads jobs from the trusted scorer, runs the dataset's test code (assert mode) against
-  proxies of the candidate's functions, relays plain-data reports, and after each job kills every
-  other process of the namespace (daemons included) and wipes the writable directories.
+  it except with the signals it handles (only SIGALRM, its test timer, which ignores signals
+  outside an armed step). It reads jobs from the trusted scorer, runs the dataset's test code
+  (assert mode) as a program against proxies of the candidate's objects, relays plain-data reports,
+  and after each job kills every other process of the namespace (daemons included) and wipes the
+  writable directories.
 * the **fork server**: a copy of the zygote taken before any job, so the candidate processes it
   forks never inherit memory that held tests (the zygote's memory does).
 * a **candidate** process per run: gets only its code, limits and stdin from the zygote. In stdio
-  mode it is the program. In assert mode it serves calls to its top-level functions over a pipe;
-  arguments and return values cross as tagged JSON of plain values (see ``encode``), so no live
-  object (an always-equal object, a patched builtin, a skip exception) ever reaches the tests.
+  mode it is the program. In assert mode it serves the tests' operations on its objects over a
+  pipe; values cross as tagged JSON (``Encoder``/``Decoder``), every other object stays in its
+  process behind a handle whose proxy compares by identity, so no live object (an always-equal
+  object, a patched builtin, a skip exception) ever reaches the tests.
 
 Nothing here decides a verdict: the scorer outside requires a passing report for every test it
 sent, and compares stdio outputs itself (expected outputs never enter the sandbox).
@@ -28,6 +31,7 @@ import fcntl
 import fractions
 import importlib
 import json
+import operator
 import os
 import resource
 import select
@@ -38,6 +42,8 @@ import sys
 import tempfile
 import time
 import traceback
+import types
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -46,7 +52,7 @@ PR_SET_CHILD_SUBREAPER = 36
 MAX_DEPTH = 200
 MAX_MESSAGE_BYTES = 64 << 20
 WORK_DIR = "/tmp/work"
-WIPE_DIRS = ("/tmp", "/dev/shm")
+WIPE_DIRS: tuple[str, ...] = ("/tmp", "/dev/shm")
 PRELOAD = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "typing",
            "fractions", "decimal", "statistics", "random", "copy", "operator", "hashlib", "datetime",
            "array", "cmath", "io", "textwrap", "unicodedata", "dataclasses", "enum", "struct")
@@ -59,78 +65,118 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
-# ---- plain data across the candidate boundary ------------------------------------------------------
+# ---- values across the candidate boundary ----------------------------------------------------------
 class Unencodable(TypeError):
     pass
 
 
-class Reference:
-    """A name in the candidate's namespace (a function, or an object that cannot cross): the tests
-    may hand it back to the candidate's functions, and nothing else."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"<candidate object {self.name}>"
+class DecodeLimit(ValueError):
+    """A value from the candidate is too large or too costly to rebuild (the candidate's failure)."""
 
 
 _PLAIN_BASES = (int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset)
+_MUTABLE = (list, dict, set, bytearray, collections.deque)  # identity and in-place changes are kept
+_SMALL_INT = 1 << 62
+MAX_INT_HEX_DIGITS = 1 << 18  # ints up to 2**(2**20): 315,653 decimal digits
+MAX_FRACTION_BITS = 1 << 16
+MAX_DECIMAL_EXPONENT = 100_000
+MAX_BATCH = 1024  # items of a candidate iterator fetched per round trip, at most
+MAX_SAME_HASH = 16  # more elements with one hash value than this make a set or dict quadratic to build
+MAX_EXPORT_NODES = 50_000  # a larger module-level value of the candidate is exported as a handle
+_VIEW_TAGS = {type({}.keys()): "Dk", type({}.values()): "Dv", type({}.items()): "Di"}
 
 
-def encode(value, depth=0):
-    """Tagged JSON of plain values. Exact builtin types cross as they are; a few standard types
-    (Counter, OrderedDict, deque, Fraction, Decimal) are rebuilt from plain data on the other side;
-    subclasses of builtin types (numpy scalars, namedtuples, an int with a rigged ``__eq__``) are
-    reduced to their builtin value through the base type's own methods, so their overrides never
-    run outside. Anything else cannot cross."""
-    if depth > MAX_DEPTH:
-        raise Unencodable("value is nested too deeply")
-    t = type(value)
-    if value is None:
-        return ["N"]
-    if t is bool:
-        return ["B", value]
-    if t is int:
-        return ["I", value]
-    if t is float:
-        return ["F", value]
-    if t is str:
-        return ["S", value]
-    if t is list:
-        return ["L", [encode(v, depth + 1) for v in value]]
-    if t is tuple:
-        return ["T", [encode(v, depth + 1) for v in value]]
-    if t is dict:
-        return ["D", [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in value.items()]]
-    if t is set:
-        return ["E", [encode(v, depth + 1) for v in value]]
-    if t is frozenset:
-        return ["Z", [encode(v, depth + 1) for v in value]]
-    if t is bytes:
-        return ["Y", value.decode("latin-1")]
-    if t is bytearray:
-        return ["A", bytes(value).decode("latin-1")]
-    if t is complex:
-        return ["C", value.real, value.imag]
-    if isinstance(value, Reference):
-        return ["R", value.name]
-    if t is collections.Counter or t is collections.OrderedDict:
-        tag = "Cn" if t is collections.Counter else "Od"
-        return [tag, [[encode(k, depth + 1), encode(v, depth + 1)] for k, v in dict.items(value)]]
-    if t is collections.deque:
-        return ["Dq", [encode(v, depth + 1) for v in value]]
-    if t is fractions.Fraction or t is decimal.Decimal:
-        return ["Fr" if t is fractions.Fraction else "Dc", str(value)]
-    module = getattr(t, "__module__", "") or ""
-    if isinstance(module, str) and module.split(".")[0] == "numpy" and hasattr(value, "tolist"):
-        return encode(value.tolist(), depth + 1)
-    for base in _PLAIN_BASES:
-        if isinstance(value, base):
-            return encode(_as_base(value, base), depth + 1)
-    raise Unencodable(f"a value of type {t.__name__} cannot cross the sandbox boundary (plain values only)")
+def _is_namedtuple(value) -> bool:
+    fields = getattr(type(value), "_fields", None)
+    return isinstance(value, tuple) and type(fields) is tuple and all(type(f) is str for f in fields)
+
+
+class Encoder:
+    """Tagged JSON of one message. Exact builtin types cross as they are; ints of any size (hex
+    beyond 62 bits); ``range``, dict views, namedtuples and a few standard types (Counter,
+    OrderedDict, deque, Fraction, Decimal) are rebuilt from plain data on the other side;
+    subclasses of builtin types (numpy scalars, an int with a rigged ``__eq__``) are reduced to
+    their builtin value through the base type's own methods. A mutable container met again is a
+    reference (``["@", n]``, numbered in pre-order), so aliasing survives; one that was the
+    ``origins`` container ``k`` of the request carries ``k`` (the other side updates its own
+    object in place). Anything else goes to ``export`` (a handle) or cannot cross."""
+
+    def __init__(self, export=None, origins: dict | None = None, budget: int | None = None) -> None:
+        self.export = export
+        self.origins = origins or {}
+        self.budget = budget  # nodes this message may have, if bounded
+        self.numbers: dict[int, int] = {}
+        self.containers: list = []  # numbered containers, in order (keeps them alive: ids stay unique)
+
+    def __call__(self, value, depth: int = 0):
+        if depth > MAX_DEPTH:
+            raise Unencodable("value is nested too deeply")
+        if self.budget is not None:
+            self.budget -= 1
+            if self.budget < 0:
+                raise Unencodable("value is too large")
+        t = type(value)
+        if value is None:
+            return ["N"]
+        if t is bool:
+            return ["B", value]
+        if t is int:
+            return ["I", value] if -_SMALL_INT < value < _SMALL_INT else ["Ih", format(value, "x")]
+        if t is float:
+            return ["F", value]
+        if t is str:
+            return ["S", value]
+        if t is bytes:
+            return ["Y", value.decode("latin-1")]
+        if t is tuple:
+            return ["T", [self(v, depth + 1) for v in value]]
+        if t is frozenset:
+            return ["Z", [self(v, depth + 1) for v in value]]
+        if t is complex:
+            return ["C", value.real, value.imag]
+        if t in _MUTABLE or t is collections.Counter or t is collections.OrderedDict:
+            return self._container(value, t, depth)
+        if t is range:
+            return ["Rg", self(value.start), self(value.stop), self(value.step)]
+        if t in _VIEW_TAGS:
+            return [_VIEW_TAGS[t], self._container(dict(value.mapping), dict, depth)]
+        if t is fractions.Fraction:
+            return ["Fr", self(value.numerator), self(value.denominator)]
+        if t is decimal.Decimal:
+            return ["Dc", str(value)]
+        if _is_namedtuple(value):
+            return ["Nt", t.__name__, list(t._fields), [self(v, depth + 1) for v in tuple.__iter__(value)]]
+        module = getattr(t, "__module__", "") or ""
+        if isinstance(module, str) and module.split(".")[0] == "numpy" and hasattr(value, "tolist"):
+            return self(value.tolist(), depth + 1)
+        if self.export is None or not callable(value) and not _is_iterator(value):
+            for base in _PLAIN_BASES:
+                if isinstance(value, base):
+                    return self(_as_base(value, base), depth + 1)
+        if self.export is not None:
+            return self.export(value)
+        raise Unencodable(f"a value of type {t.__name__} cannot cross the sandbox boundary (plain values only)")
+
+    def _container(self, value, t, depth):
+        key = id(value)
+        if key in self.numbers:
+            return ["@", self.numbers[key]]
+        self.numbers[key] = len(self.containers)
+        self.containers.append(value)
+        if t is bytearray:
+            node = ["A", bytes(value).decode("latin-1")]
+        elif t in (dict, collections.Counter, collections.OrderedDict):
+            tag = {dict: "D", collections.Counter: "Cn", collections.OrderedDict: "Od"}[t]
+            node = [tag, [[self(k, depth + 1), self(v, depth + 1)] for k, v in dict.items(value)]]
+        else:
+            node = [{list: "L", set: "E", collections.deque: "Dq"}[t], [self(v, depth + 1) for v in value]]
+        if key in self.origins:
+            node.append(self.origins[key])
+        return node
+
+
+def _is_iterator(value) -> bool:
+    return hasattr(type(value), "__next__") and hasattr(type(value), "__iter__")
 
 
 def _as_base(value, base):
@@ -147,47 +193,181 @@ def _as_base(value, base):
     return base(base.__iter__(value))
 
 
-def decode(node, depth=0, references=None):
-    """Inverse of ``encode``; rejects anything malformed. ``references`` (the candidate's
-    namespace, on the candidate's side only) resolves ``Reference`` names."""
-    if depth > MAX_DEPTH or type(node) is not list or not node or type(node[0]) is not str:
+_namedtuple_classes: dict = {}
+
+
+class Decoder:
+    """Inverse of ``Encoder``; rejects anything malformed, and (``bounded``, on the tests' side)
+    anything too costly to rebuild: ints over ``MAX_INT_HEX_DIGITS`` hex digits, fractions over
+    ``MAX_FRACTION_BITS``, decimals with huge exponents, sets and dicts with more than
+    ``MAX_SAME_HASH`` keys of one hash value. ``resolve`` turns handle nodes (``H``, ``Cb``) into
+    objects; a container node that names an ``originals`` object is that object, updated in place by
+    ``apply()`` once the whole message decoded."""
+
+    def __init__(self, resolve=None, originals: list | None = None, bounded: bool = True) -> None:
+        self.resolve = resolve
+        self.originals = originals or []
+        self.bounded = bounded
+        self.table: list = []  # containers in pre-order (the candidate maps them back to numbers)
+        self.updates: list = []
+
+    def apply(self) -> None:
+        for target, content in self.updates:
+            if type(target) in (list, bytearray):
+                target[:] = content
+            elif type(target) is collections.deque:
+                target.clear()
+                target.extend(content)
+            else:
+                target.clear()
+                target.update(content)
+
+    def __call__(self, node, depth: int = 0):
+        if depth > MAX_DEPTH or type(node) is not list or not node or type(node[0]) is not str:
+            raise ValueError("malformed value")
+        tag = node[0]
+        if tag == "N" and len(node) == 1:
+            return None
+        if tag in ("L", "D", "E", "Dq", "A", "Cn", "Od") and len(node) in (2, 3):
+            return self._container(node, depth)
+        if tag == "C" and len(node) == 3 and all(type(x) in (int, float) for x in node[1:]):
+            return complex(node[1], node[2])
+        if tag == "Rg" and len(node) == 4:
+            start, stop, step = (self._int(x) for x in node[1:])
+            if step == 0:
+                raise ValueError("malformed range")
+            return range(start, stop, step)
+        if tag == "Fr" and len(node) == 3:
+            numerator, denominator = self._int(node[1]), self._int(node[2])
+            if self.bounded and max(numerator.bit_length(), denominator.bit_length()) > MAX_FRACTION_BITS:
+                raise DecodeLimit("a Fraction too large to rebuild")
+            if denominator == 0:
+                raise ValueError("malformed Fraction")
+            return fractions.Fraction(numerator, denominator)
+        if tag == "Nt" and len(node) == 4:
+            return self._namedtuple(node, depth)
+        if tag in ("H", "Cb") and self.resolve is not None:
+            return self.resolve(node)
+        if len(node) == 2:
+            v = node[1]
+            if tag == "B" and type(v) is bool:
+                return v
+            if tag in ("I", "Ih"):
+                return self._int(node)
+            if tag == "F" and type(v) in (int, float):
+                return float(v)
+            if tag == "S" and type(v) is str:
+                return v
+            if tag == "Y" and type(v) is str:
+                return v.encode("latin-1")
+            if tag in ("T", "Z") and type(v) is list:
+                items = [self(x, depth + 1) for x in v]
+                return tuple(items) if tag == "T" else frozenset(self._hashable(items))
+            if tag == "Dc" and type(v) is str and len(v) < 10_000:
+                return self._decimal(v)
+            if tag in ("Dk", "Dv", "Di"):
+                mapping = self(v, depth + 1)
+                if type(mapping) is not dict:
+                    raise ValueError("malformed dict view")
+                return {"Dk": dict.keys, "Dv": dict.values, "Di": dict.items}[tag](mapping)
+            if tag == "@" and type(v) is int and 0 <= v < len(self.table):
+                return self.table[v]
         raise ValueError("malformed value")
-    tag = node[0]
-    if tag == "N" and len(node) == 1:
-        return None
-    if len(node) == 2:
-        v = node[1]
-        if tag == "B" and type(v) is bool:
-            return v
-        if tag == "I" and type(v) is int:
-            return v
-        if tag == "F" and type(v) in (int, float):
-            return float(v)
-        if tag == "S" and type(v) is str:
-            return v
-        if tag in ("Y", "A") and type(v) is str:
-            raw = v.encode("latin-1")
-            return raw if tag == "Y" else bytearray(raw)
-        if tag in ("L", "T", "E", "Z", "Dq") and type(v) is list:
-            items = [decode(x, depth + 1, references) for x in v]
-            return {"L": list, "T": tuple, "E": set, "Z": frozenset, "Dq": collections.deque}[tag](items)
-        if tag in ("D", "Cn", "Od") and type(v) is list:
-            pairs = []
-            for pair in v:
-                if type(pair) is not list or len(pair) != 2:
-                    raise ValueError("malformed mapping")
-                pairs.append((decode(pair[0], depth + 1, references), decode(pair[1], depth + 1, references)))
-            return collections.Counter(dict(pairs)) if tag == "Cn" else {"D": dict, "Od": collections.OrderedDict}[tag](pairs)
-        if tag in ("Fr", "Dc") and type(v) is str and len(v) < 10_000:
+
+    def _int(self, node) -> int:
+        if type(node) is list and len(node) == 2:
+            if node[0] == "I" and type(node[1]) is int:
+                return node[1]
+            if node[0] == "Ih" and type(node[1]) is str:
+                digits = node[1]
+                if self.bounded and len(digits) > MAX_INT_HEX_DIGITS:
+                    raise DecodeLimit("an int too large to rebuild")
+                return int(digits, 16)
+        raise ValueError("malformed int")
+
+    def _decimal(self, text: str) -> decimal.Decimal:
+        try:
+            value = decimal.Decimal(text)
+        except (ArithmeticError, ValueError):
+            raise ValueError("malformed Decimal") from None
+        if self.bounded and value.is_finite() and abs(value.adjusted()) > MAX_DECIMAL_EXPONENT:
+            raise DecodeLimit("a Decimal with an exponent too large to use")
+        return value
+
+    def _hashable(self, items: list) -> list:
+        if self.bounded and len(items) > MAX_SAME_HASH:
             try:
-                return fractions.Fraction(v) if tag == "Fr" else decimal.Decimal(v)
-            except (ArithmeticError, ValueError):
-                raise ValueError("malformed number") from None
-        if tag == "R" and type(v) is str and references is not None and v in references:
-            return references[v]
-    if tag == "C" and len(node) == 3 and all(type(x) in (int, float) for x in node[1:]):
-        return complex(node[1], node[2])
-    raise ValueError("malformed value")
+                same = collections.Counter(map(hash, items)).most_common(1)[0][1]
+            except TypeError:
+                raise ValueError("unhashable element") from None
+            if same > MAX_SAME_HASH:
+                raise DecodeLimit(f"{same} elements with one hash value (quadratic to rebuild)")
+        return items
+
+    def _container(self, node, depth):
+        tag, items = node[0], node[1]
+        origin = node[2] if len(node) == 3 else None
+        kind = {"L": list, "D": dict, "E": set, "Dq": collections.deque, "A": bytearray, "Cn": collections.Counter,
+                "Od": collections.OrderedDict}[tag]
+        if origin is not None and (type(origin) is not int or not 0 <= origin < len(self.originals)):
+            raise ValueError("malformed origin")
+        target = self.originals[origin] if origin is not None and type(self.originals[origin]) is kind else None
+        if tag == "A":
+            if type(items) is not str:
+                raise ValueError("malformed bytearray")
+            content = bytearray(items.encode("latin-1"))
+            self.table.append(target if target is not None else content)
+        else:
+            if type(items) is not list:
+                raise ValueError("malformed container")
+            content = kind()
+            self.table.append(target if target is not None else content)  # registered first: cycles resolve
+            if kind in (dict, collections.Counter, collections.OrderedDict):
+                pairs = []
+                for pair in items:
+                    if type(pair) is not list or len(pair) != 2:
+                        raise ValueError("malformed mapping")
+                    pairs.append((self(pair[0], depth + 1), self(pair[1], depth + 1)))
+                self._hashable([k for k, _ in pairs])
+                for k, v in pairs:
+                    content[k] = v
+            elif kind is set:
+                content.update(self._hashable([self(x, depth + 1) for x in items]))
+            else:
+                content.extend(self(x, depth + 1) for x in items)
+        if target is None:
+            return content
+        self.updates.append((target, content))
+        return target
+
+    def _namedtuple(self, node, depth):
+        _, name, fields, values = node
+        if (type(name) is not str or type(fields) is not list or type(values) is not list or len(fields) != len(values)
+                or len(fields) > 255 or not all(type(f) is str and len(f) < 100 for f in fields) or len(name) > 100):
+            raise ValueError("malformed namedtuple")
+        key = (name, tuple(fields))
+        cls = _namedtuple_classes.get(key)
+        if cls is None:
+            try:
+                cls = collections.namedtuple(name, fields)
+            except (ValueError, TypeError, SyntaxError):
+                raise ValueError("malformed namedtuple") from None
+            if len(_namedtuple_classes) < 1000:
+                _namedtuple_classes[key] = cls
+        return cls(*(self(v, depth + 1) for v in values))
+
+
+def encode(value):
+    """A plain value as a message node (no handles)."""
+    return Encoder()(value)
+
+
+def decode(node):
+    """A message node back to a plain value (bounded; no handles)."""
+    decoder = Decoder()
+    value = decoder(node)
+    decoder.apply()
+    return value
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -272,9 +452,45 @@ def _set_limits(limits: dict) -> None:
 
 def _child_stdio() -> None:
     """Fresh Python-level stdio objects on fds 0-2 (no buffers inherited from the parent)."""
-    sys.stdin = sys.__stdin__ = open(0, "r", closefd=False, errors="surrogateescape")
-    sys.stdout = sys.__stdout__ = open(1, "w", closefd=False)
-    sys.stderr = sys.__stderr__ = open(2, "w", closefd=False)
+    sys.stdin = sys.__stdin__ = open(0, "r", closefd=False, errors="surrogateescape")  # type: ignore[misc]
+    sys.stdout = sys.__stdout__ = open(1, "w", closefd=False)  # type: ignore[misc]
+    sys.stderr = sys.__stderr__ = open(2, "w", closefd=False)  # type: ignore[misc]
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class TestClock:
+    """The time limit of one test: ``test_s`` of the candidate's own CPU time, or ``test_s`` times
+    ``wall_factor`` of wall time, whichever comes first. On a busy machine a correct solution that
+    gets little CPU is not failed for the wall time it waited."""
+
+    __test__ = False
+
+    def __init__(self, pid: int, limits: dict, cap: float = float("inf")) -> None:
+        self.pid = pid
+        self.test_s = limits["test_s"]
+        self.started = time.monotonic()
+        self.cpu_start = cpu_seconds(pid)
+        self.wall_end = min(cap, self.started + self.test_s * max(1.0, limits.get("wall_factor", 1.0)))
+
+    def next_deadline(self) -> float | None:
+        """When to look again, or None if the test is out of time."""
+        now = time.monotonic()
+        left = self.test_s - (cpu_seconds(self.pid) - self.cpu_start)
+        if left <= 0 or now >= self.wall_end:
+            return None
+        return min(self.wall_end, now + max(0.02, left))
 
 
 def _fresh_namespace(name: str) -> dict:
@@ -282,22 +498,117 @@ def _fresh_namespace(name: str) -> dict:
 
 
 # ---- candidate process ---------------------------------------------------------------------------------
-def _candidate_exports(namespace: dict) -> list:
-    exports = []
-    for name, value in list(namespace.items()):
-        if name.startswith("__"):
-            continue
-        if callable(value) and not isinstance(value, type):
-            exports.append([name, "function"])
-            continue
-        if type(value).__name__ == "module" and isinstance(getattr(value, "__name__", None), str):
-            exports.append([name, "module", value.__name__])
-            continue
+_OPS: dict[str, Any] = {"len": len, "str": str, "repr": repr, "bool": bool, "iter": iter, "getitem": operator.getitem,
+        "setitem": operator.setitem, "delitem": operator.delitem, "contains": operator.contains,
+        "get": getattr, "set": setattr}
+
+
+class _CandidateSide:
+    """Serves the tests' requests on the candidate's objects: calls, iteration and attribute access,
+    with objects that cannot cross kept here behind numbered handles, and the tests' own functions
+    (passed as arguments) called back over the same pipes."""
+
+    def __init__(self, namespace: dict, request_fd: int, response_fd: int) -> None:
+        self.namespace = namespace
+        self.reader = LineReader(request_fd)
+        self.response_fd = response_fd
+        self.handles: dict[int, Any] = {}
+        self.handle_of: dict[int, int] = {}
+
+    def export(self, value) -> list:
+        key = id(value)
+        if key not in self.handle_of:
+            self.handle_of[key] = len(self.handles)
+            self.handles[len(self.handles)] = value
+        return ["H", self.handle_of[key], "it" if _is_iterator(value) else "obj"]
+
+    def resolve(self, node):
+        if node[0] == "H" and len(node) >= 2 and node[1] in self.handles:
+            return self.handles[node[1]]
+        if node[0] == "Cb" and len(node) == 2 and type(node[1]) is int:
+            return _Callback(self, node[1])
+        raise ValueError("malformed handle")
+
+    def encoder(self, origins: dict | None = None) -> Encoder:
+        return Encoder(self.export, origins)
+
+    def exports(self) -> list:
+        out = []
+        for name, value in list(self.namespace.items()):
+            if name.startswith("__"):
+                continue
+            if type(value).__name__ == "module" and isinstance(getattr(value, "__name__", None), str):
+                out.append([name, ["M", value.__name__]])
+            else:
+                try:
+                    out.append([name, Encoder(self.export, budget=MAX_EXPORT_NODES)(value)])
+                except Unencodable:  # too large or too deep to send: the tests get a handle
+                    out.append([name, self.export(value)])
+        return out
+
+    def serve(self) -> None:
+        while True:
+            request = self.next_message()
+            if request is None:
+                return
+            self.answer(request)
+
+    def next_message(self):
+        line = self.reader.read(float("inf"))
+        return None if line is None else json.loads(line)
+
+    def answer(self, request: dict) -> None:
         try:
-            exports.append([name, "value", encode(value)])
-        except Unencodable:
-            exports.append([name, "opaque"])
-    return exports
+            subject = self.handles[request["h"]]
+            decoder = Decoder(self.resolve, bounded=False)
+            args, kwargs = decoder(request["a"])
+            op = request["op"]
+            end: list[Any] | None = None
+            if op == "next":  # up to args[0] items; how the iterator ended travels beside them
+                result = []
+                for _ in range(min(MAX_BATCH, int(args[0]))):
+                    try:
+                        result.append(next(subject))
+                    except StopIteration:
+                        end = ["stop"]
+                        break
+                    except BaseException as exc:  # inside the sandbox: the candidate's exception is data
+                        end = ["x", _exception_report(exc)]
+                        break
+            elif op == "call":
+                result = subject(*args, **kwargs)
+            else:
+                result = _OPS[op](subject, *args)
+            # the result, and every container the tests sent (as they are now: changes made in place go back)
+            origins = {id(obj): number for number, obj in enumerate(decoder.table)}
+            reply = {"r": self.encoder(origins)((result, tuple(decoder.table))), "end": end}
+        except BaseException as exc:  # inside the sandbox: any exception of the candidate is data
+            reply = {"x": _exception_report(exc)}
+        _send(self.response_fd, reply)
+
+
+class _Callback:
+    """A function of the tests, passed to the candidate: calling it asks the tests' side to run it."""
+
+    def __init__(self, side: _CandidateSide, number: int) -> None:
+        self._side, self._number = side, number
+
+    def __call__(self, *args, **kwargs):
+        side = self._side
+        _send(side.response_fd, {"cb": self._number, "a": side.encoder()((args, kwargs))})
+        while True:
+            message = side.next_message()
+            if message is None:
+                raise SystemExit(0)
+            if "cr" in message:
+                return Decoder(side.resolve, bounded=False)(message["cr"])
+            if "cx" in message:
+                name, text = (list(message["cx"]) + ["", ""])[:2]
+                cls = getattr(builtins, str(name), None)
+                if isinstance(cls, type) and issubclass(cls, Exception):
+                    raise cls(str(text))
+                raise RuntimeError(f"{name}: {text}")
+            side.answer(message)  # the tests' function calls back into the candidate
 
 
 def _exception_report(exc: BaseException) -> list:
@@ -305,31 +616,24 @@ def _exception_report(exc: BaseException) -> list:
 
 
 def _serve_calls(job: dict, request_fd: int, response_fd: int) -> None:
-    """Assert mode: load setup + candidate code, then serve calls of its top-level names until EOF."""
+    """Assert mode: load setup + candidate code, then serve the tests' requests until EOF. The
+    setup runs first so the code can use its helpers; where the setup needs the candidate's own
+    names (MBPP 367 builds trees of the candidate's class), its failure here is ignored: it runs
+    again, for real, on the tests' side."""
     namespace = _fresh_namespace("solution")
-    try:
-        if job.get("setup"):
+    if job.get("setup"):
+        try:
             exec(compile(job["setup"], "setup.py", "exec"), namespace)
+        except Exception:  # inside the sandbox: see the docstring
+            pass
+    side = _CandidateSide(namespace, request_fd, response_fd)
+    try:
         exec(compile(job["code"], "solution.py", "exec"), namespace)
-        _send(response_fd, {"ready": _candidate_exports(namespace)})
+        _send(response_fd, {"ready": side.exports()})
     except BaseException as exc:  # inside the sandbox: the candidate's failure is reported as data
         _send(response_fd, {"load_error": _exception_report(exc)})
         return
-    reader = LineReader(request_fd)
-    while True:
-        line = reader.read(float("inf"))
-        if line is None:
-            return
-        request = json.loads(line)
-        try:
-            args = [decode(a, 0, namespace) for a in request["a"]]
-            kwargs = {k: decode(v, 0, namespace) for k, v in request["k"].items()}
-            result = namespace[request["f"]](*args, **kwargs)
-            mutated = [encode(a) if type(a) in (list, dict, set, bytearray) else None for a in args]
-            reply = {"r": encode(result), "m": mutated}
-        except BaseException as exc:  # inside the sandbox: any exception of the candidate is data
-            reply = {"x": _exception_report(exc)}
-        _send(response_fd, reply)
+    side.serve()
 
 
 def _run_program(job: dict) -> int:
@@ -521,143 +825,337 @@ def _enter_child(fds: dict, body) -> None:
 
 # ---- tester (runs in the zygote) ---------------------------------------------------------------------
 class CandidateError(Exception):
-    """The candidate raised a non-builtin exception, exited, or sent something malformed."""
+    """The candidate raised a non-builtin or a control-flow exception, exited, or sent something
+    malformed or too costly to rebuild."""
+
+
+class StepTimeout(BaseException):
+    """A test step ran past its time (raised by a timer; not an ``Exception``, so a test's own
+    ``except Exception`` does not swallow it)."""
+
+
+#: Exceptions that mean "stop" to the code that catches them: from the candidate they would end the
+#: tests' loops early (``all(map(f, xs))``), so they arrive as ``CandidateError`` (as PEP 479 does).
+_CONTROL_FLOW = ("StopIteration", "StopAsyncIteration")
 
 
 class _Channel:
-    def __init__(self, request_fd: int, response_fd: int, candidate_pid: int) -> None:
+    """The tests' side of the pipes to one candidate process."""
+
+    def __init__(self, request_fd: int, response_fd: int, candidate_pid: int, limit: int = MAX_MESSAGE_BYTES) -> None:
         self.request_fd = request_fd
-        self.reader = LineReader(response_fd)
+        self.reader = LineReader(response_fd, limit)
         self.candidate_pid = candidate_pid
         self.deadline = float("inf")
+        self.clock: TestClock | None = None
         self.broken: str | None = None
+        self.proxies: dict[int, "_RemoteHandle"] = {}
+        self.callbacks: list = []
+        self.callback_of: dict[int, int] = {}
 
-    def receive(self):
+    def fail(self, reason: str) -> str:
+        self.broken = self.broken or reason
+        return self.broken
+
+    def _kill(self, reason: str) -> CandidateError:
+        self.fail(reason)
+        try:
+            os.kill(self.candidate_pid, signal.SIGKILL)
+        except OSError:
+            pass
+        return CandidateError(self.broken)
+
+    def receive(self) -> dict:
         if self.broken:
             raise CandidateError(self.broken)
-        try:
-            line = self.reader.read(self.deadline)
-        except TimeoutError:
-            self.fail("timed out")
-            os.kill(self.candidate_pid, signal.SIGKILL)
-            raise CandidateError(self.broken) from None
-        except ValueError as exc:
-            self.fail(str(exc))
-            raise CandidateError(self.broken) from None
+        while True:
+            try:
+                line = self.reader.read(self.deadline)
+                break
+            except TimeoutError:
+                later = self.clock.next_deadline() if self.clock is not None else None
+                if later is None:
+                    raise self._kill("timed out") from None
+                self.deadline = later
+            except ValueError as exc:
+                raise self._kill(str(exc)) from None
         if line is None:
             self.fail("the candidate process exited")
             raise CandidateError(self.broken)
         try:
             message = json.loads(line)
         except (ValueError, RecursionError):
-            self.fail("the candidate process sent malformed data")
-            raise CandidateError(self.broken) from None
+            raise self._kill("the candidate process sent malformed data") from None
         if type(message) is not dict:
-            self.fail("the candidate process sent malformed data")
-            raise CandidateError(self.broken)
+            raise self._kill("the candidate process sent malformed data")
         return message
 
-    def fail(self, reason: str) -> None:
-        self.broken = self.broken or reason
-
-    def call(self, name: str, args: tuple, kwargs: dict):
-        if self.broken:
-            raise CandidateError(self.broken)
+    def _send(self, message: dict) -> None:
         try:
-            request = {"f": name, "a": [encode(a) for a in args], "k": {k: encode(v) for k, v in kwargs.items()}}
-        except Unencodable as exc:
-            raise TypeError(f"test argument cannot be sent to the candidate: {exc}") from None
-        try:
-            _send_before(self.request_fd, request, self.deadline)
+            _send_before(self.request_fd, message, self.deadline)
         except TimeoutError:
-            self.fail("timed out")
-            os.kill(self.candidate_pid, signal.SIGKILL)
-            raise CandidateError(self.broken) from None
+            raise self._kill("timed out") from None
         except OSError:
             self.fail("the candidate process exited")
             raise CandidateError(self.broken) from None
-        reply = self.receive()
-        if "x" in reply:
-            name_, message = (reply["x"] + ["", ""])[:2] if type(reply["x"]) is list else ("", "")
-            cls = getattr(builtins, str(name_), None)
-            same = None
-            if isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins":
-                try:
-                    same = cls(str(message))
-                except TypeError:  # exception classes with other constructors (UnicodeDecodeError)
-                    pass
-            raise same if same is not None else CandidateError(f"{name_}: {message}")
+
+    # values
+    def export(self, value) -> list:
+        if isinstance(value, _RemoteHandle) and object.__getattribute__(value, "_channel") is self:
+            return ["H", object.__getattribute__(value, "_number")]
+        if callable(value):
+            key = id(value)
+            if key not in self.callback_of:
+                self.callback_of[key] = len(self.callbacks)
+                self.callbacks.append(value)
+            return ["Cb", self.callback_of[key]]
+        raise Unencodable(f"a value of type {type(value).__name__} cannot be sent to the candidate")
+
+    def resolve(self, node):
+        if node[0] == "H" and len(node) == 3 and type(node[1]) is int and node[1] >= 0 and node[2] in ("it", "obj"):
+            proxy = self.proxies.get(node[1])
+            if proxy is None:
+                proxy = (_RemoteIterator if node[2] == "it" else _RemoteObject)(self, node[1])
+                self.proxies[node[1]] = proxy
+            return proxy
+        if node[0] == "Cb" and len(node) == 2 and type(node[1]) is int and 0 <= node[1] < len(self.callbacks):
+            return self.callbacks[node[1]]
+        raise ValueError("malformed handle")
+
+    def decode(self, node, originals: list | None = None):
+        """A value from the candidate; a malformed or too costly one breaks the channel."""
+        decoder = Decoder(self.resolve, originals)
         try:
-            result = decode(reply["r"])
-            mutated = reply.get("m") or []
-            for arg, new in zip(args, mutated):
-                if new is not None:
-                    _update_in_place(arg, decode(new))
-        except (KeyError, ValueError, TypeError, ArithmeticError, RecursionError):
-            self.fail("the candidate process sent malformed data")
-            raise CandidateError(self.broken) from None
-        return result
+            value = decoder(node)
+            decoder.apply()
+        except (ValueError, TypeError, ArithmeticError, RecursionError, MemoryError) as exc:
+            reason = str(exc) if isinstance(exc, DecodeLimit) else "malformed data"
+            raise self._kill(f"the candidate process sent {reason}") from None
+        return value
+
+    def request(self, op: str, target, args: tuple = (), kwargs: dict | None = None):
+        """One operation on a candidate object; callbacks to the tests' functions are served while waiting."""
+        if self.broken:
+            raise CandidateError(self.broken)
+        encoder = Encoder(self.export)
+        try:
+            payload = encoder((tuple(args), dict(kwargs or {})))
+        except Unencodable as exc:
+            raise TypeError(f"test argument cannot be sent to the candidate: {exc}") from None
+        try:
+            self._send({"op": op, "h": target, "a": payload})
+            while True:
+                reply = self.receive()
+                if "cb" not in reply:
+                    break
+                self._run_callback(reply)
+        except StepTimeout:
+            self._kill("timed out")
+            raise
+        if "x" in reply:
+            raise _candidate_exception(reply["x"])
+        if "r" not in reply:
+            raise self._kill("the candidate process sent malformed data")
+        result = self.decode(reply["r"], encoder.containers)
+        if type(result) is not tuple or len(result) != 2:
+            raise self._kill("the candidate process sent malformed data")
+        if op == "next":
+            end = reply.get("end")
+            if type(result[0]) is not list or not (end is None or end == ["stop"] or type(end) is list and len(end) == 2
+                                                   and end[0] == "x"):
+                raise self._kill("the candidate process sent malformed data")
+            return result[0], end
+        return result[0]
+
+    def _run_callback(self, message: dict) -> None:
+        number = message.get("cb")
+        if type(number) is not int or not 0 <= number < len(self.callbacks):
+            raise self._kill("the candidate process sent malformed data")
+        call = self.decode(message.get("a"))
+        if type(call) is not tuple or len(call) != 2 or type(call[1]) is not dict:
+            raise self._kill("the candidate process sent malformed data")
+        try:
+            result = self.callbacks[number](*call[0], **call[1])
+            answer = {"cr": Encoder(self.export)(result)}
+        except Exception as exc:  # the tests' own function failed: the candidate sees the exception
+            answer = {"cx": _exception_report(exc)}
+        self._send(answer)
 
 
-def _update_in_place(arg, new) -> None:
-    if type(arg) is not type(new):
-        return
-    if type(arg) in (list, bytearray):
-        arg[:] = new
-    elif type(arg) in (dict, set):
-        arg.clear()
-        arg.update(new)
+def _candidate_exception(report) -> Exception:
+    name, message = (list(report) + ["", ""])[:2] if type(report) is list else ("", "")
+    cls = getattr(builtins, str(name), None)
+    if (isinstance(cls, type) and issubclass(cls, Exception) and cls.__module__ == "builtins"
+            and name not in _CONTROL_FLOW):
+        try:
+            return cls(str(message))
+        except TypeError:  # exception classes with other constructors (UnicodeDecodeError)
+            pass
+    return CandidateError(f"{name}: {message}")
 
 
-class _Remote(Reference):
-    """Stands for one candidate function in the test namespace; calls cross as plain data."""
+class _RemoteHandle:
+    """Stands for one object that lives in the candidate's process. Equality and hashing are by
+    identity here: the candidate's ``__eq__`` never sees the tests' expected values."""
 
-    __slots__ = ("_channel",)
+    __slots__ = ("_channel", "_number")
+    _channel: _Channel
+    _number: int
 
-    def __init__(self, name: str, channel: _Channel) -> None:
-        super().__init__(name)
-        self._channel = channel
+    def __init__(self, channel: _Channel, number: int) -> None:
+        object.__setattr__(self, "_channel", channel)
+        object.__setattr__(self, "_number", number)
 
-    def __call__(self, *args, **kwargs):
-        return self._channel.call(self.name, args, kwargs)
+    def _op(self, op: str, *args, **kwargs):
+        return object.__getattribute__(self, "_channel").request(op, object.__getattribute__(self, "_number"),
+                                                                  args, kwargs)
+
+
+class _RemoteIterator(_RemoteHandle):
+    """A generator, ``map`` or other iterator of the candidate, run there as the tests consume it:
+    the first ``next`` fetches one item, later ones fetch batches that double up to ``MAX_BATCH``
+    (a long generator costs few round trips; an infinite one is never run far ahead). An exception
+    of the iterator reaches the tests after the items before it, then the iterator is exhausted."""
+
+    __slots__ = ("_buffer", "_end", "_batch")
+
+    def __init__(self, channel: _Channel, number: int) -> None:
+        super().__init__(channel, number)
+        self._buffer: collections.deque = collections.deque()
+        self._end: list | None = None
+        self._batch = 1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if not self._buffer and self._end is None:
+            items, self._end = self._op("next", self._batch)
+            self._batch = min(MAX_BATCH, 2 * self._batch)
+            self._buffer.extend(items)
+        if self._buffer:
+            return self._buffer.popleft()
+        end, self._end = self._end, ["stop"]
+        if end is not None and end[0] == "x":
+            raise _candidate_exception(end[1])
+        raise StopIteration
 
     def __repr__(self) -> str:
-        return f"<candidate function {self.name}>"
+        return f"<candidate iterator #{self._number}>"
 
 
-#: Standard modules a candidate's ``import`` may make visible to the tests; the tester imports them
-#: itself, from disk. Modules with side effects on import are never imported on the candidate's word.
-_UNSAFE_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "pydoc", "webbrowser",
-                   "__main__", "site", "sitecustomize", "usercustomize", "ensurepip", "venv", "lib2to3", "test",
-                   "builtins", "sys", "gc", "ctypes", "importlib", "runpy", "code", "pdb", "trace", "atexit"}
+class _RemoteObject(_RemoteHandle):
+    """A function, class, instance or other object of the candidate: calls, attributes, items,
+    ``len``, ``iter``, ``str`` and truth run there and return values or further handles."""
+
+    __slots__ = ()
+
+    def __call__(self, *args, **kwargs):
+        return self._op("call", *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return self._op("get", name)
+
+    def __setattr__(self, name: str, value) -> None:
+        self._op("set", name, value)
+
+    def __len__(self) -> int:
+        return _typed(self._op("len"), int)
+
+    def __iter__(self):
+        return _typed(self._op("iter"), _RemoteIterator)
+
+    def __getitem__(self, key):
+        return self._op("getitem", key)
+
+    def __setitem__(self, key, value) -> None:
+        self._op("setitem", key, value)
+
+    def __delitem__(self, key) -> None:
+        self._op("delitem", key)
+
+    def __contains__(self, item) -> bool:
+        return _typed(self._op("contains", item), bool)
+
+    def __bool__(self) -> bool:
+        return _typed(self._op("bool"), bool)
+
+    def __str__(self) -> str:
+        return _typed(self._op("str"), str)
+
+    def __repr__(self) -> str:
+        return _typed(self._op("repr"), str)
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+
+def _typed(value, kind):
+    if not isinstance(value, kind):
+        raise CandidateError(f"the candidate's object returned a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+#: Modules a candidate's ``import`` makes visible to the tests: only these, already imported by the
+#: zygote; no other name the candidate chose is ever imported or looked up on the tests' side.
+VISIBLE_MODULES = PRELOAD
 
 
 def _bind_exports(namespace: dict, exports: list, channel: _Channel) -> None:
     """Bind the candidate's top-level names for the tests. Names of builtins are never bound (a
-    candidate ``abs`` must not replace the one the tests call); functions become proxies."""
-    stdlib = getattr(sys, "stdlib_module_names", frozenset())
+    candidate ``abs`` must not replace the one the tests call)."""
     for entry in exports:
-        if type(entry) is not list or len(entry) < 2 or type(entry[0]) is not str:
+        if type(entry) is not list or len(entry) != 2 or type(entry[0]) is not str:
             raise ValueError("malformed export list")
-        name, kind = entry[0], entry[1]
+        name, node = entry
         if name.startswith("__") or hasattr(builtins, name) or not name.isidentifier():
             continue
-        if kind == "function":
-            namespace[name] = _Remote(name, channel)
-        elif kind == "value" and len(entry) == 3:
-            namespace[name] = decode(entry[2])
-        elif kind == "opaque":
-            namespace[name] = Reference(name)
-        elif kind == "module" and len(entry) == 3 and type(entry[2]) is str:
-            top = entry[2].split(".")[0]
-            if top in stdlib and top not in _UNSAFE_MODULES:
-                namespace[name] = importlib.import_module(entry[2])
+        if type(node) is list and len(node) == 2 and node[0] == "M":
+            if node[1] in VISIBLE_MODULES and node[1] in sys.modules:
+                namespace[name] = sys.modules[node[1]]
+            continue
+        namespace[name] = channel.decode(node)
+
+
+def _entry_point(exports: list, entry_point: str | None, channel: _Channel):
+    for entry in exports:
+        if type(entry) is list and len(entry) == 2 and entry[0] == entry_point:
+            value = channel.decode(entry[1])
+            return value if isinstance(value, _RemoteObject) else None
+    return None
+
+
+class _StepTimer:
+    """A one-shot ``SIGALRM`` timer around tests' code. The signal raises ``StepTimeout`` only while
+    armed, and only once per arming: candidates can send the zygote SIGALRM too (PID 1 receives the
+    signals it handles), and outside an armed step that must change nothing."""
+
+    armed = False
+
+    @classmethod
+    def handler(cls, _signum, _frame) -> None:
+        if cls.armed:
+            cls.armed = False
+            raise StepTimeout
+
+    @classmethod
+    def arm(cls, deadline: float) -> None:
+        cls.armed = True
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, deadline - time.monotonic()))
+
+    @classmethod
+    def disarm(cls) -> None:
+        cls.armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def run_tests(job: dict, channel: _Channel, emit, deadline: float) -> None:
-    """The tester: wait for the candidate to load, then run the test steps against proxies of its
-    functions, emitting one report per test. Only dataset code and plain data run here."""
+    """The tester: wait for the candidate to load, then run the test steps as one program (module
+    ``__main__``, the candidate importable as ``solution``) against proxies of its objects,
+    emitting one report per test. Only dataset code and plain data run here; each step is bounded
+    by the test time, also when it computes on the candidate's values."""
     limits = job["limits"]
+    channel.clock = TestClock(channel.candidate_pid, limits, cap=deadline)
     channel.deadline = min(deadline, time.monotonic() + limits["test_s"])
     try:
         ready = channel.receive()
@@ -668,26 +1166,60 @@ def run_tests(job: dict, channel: _Channel, emit, deadline: float) -> None:
         err = ready.get("load_error")
         emit({"ev": "load_error", "err": ": ".join(map(str, err)) if type(err) is list else "malformed"})
         return
-    namespace = _fresh_namespace("__tests__")
+    program = types.ModuleType("__main__")
+    program.__dict__.update(_fresh_namespace("__main__"))
+    solution = types.ModuleType("solution")
+    saved = {name: sys.modules.get(name) for name in ("__main__", "solution")}
+    sys.modules["__main__"], sys.modules["solution"] = program, solution
+    previous = signal.signal(signal.SIGALRM, _StepTimer.handler)
     try:
-        _bind_exports(namespace, ready["ready"], channel)
-        if job.get("setup"):
-            exec(compile(job["setup"], "setup.py", "exec"), namespace)
-        entry_point = job.get("entry_point")
-        if entry_point and any(type(e) is list and e[:2] == [entry_point, "function"] for e in ready["ready"]):
-            namespace[entry_point] = _Remote(entry_point, channel)
-    except Exception as exc:
-        emit({"ev": "load_error", "err": f"{type(exc).__name__}: {exc}"[:300]})
+        _run_steps(job, ready["ready"], channel, emit, deadline, program.__dict__, solution.__dict__)
+    finally:
+        _StepTimer.disarm()
+        signal.signal(signal.SIGALRM, previous)
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def _run_steps(job: dict, exports: list, channel: _Channel, emit, deadline: float, namespace: dict,
+               solution: dict) -> None:
+    limits = job["limits"]
+    try:  # rebuilding the candidate's exported values and the setup run under the timer too
+        _StepTimer.arm(min(deadline, time.monotonic() + limits["test_s"]))
+        try:
+            _bind_exports(solution, exports, channel)
+            namespace.update((k, v) for k, v in solution.items() if not k.startswith("__"))
+            entry = _entry_point(exports, job.get("entry_point"), channel)
+            if job.get("setup"):
+                exec(compile(job["setup"], "setup.py", "exec"), namespace)
+            if entry is not None:
+                namespace[job["entry_point"]] = solution[job["entry_point"]] = entry
+        finally:
+            _StepTimer.disarm()
+    except (Exception, StepTimeout, SystemExit) as exc:
+        emit({"ev": "load_error", "err": _failure(exc)})
         return
     test_index = 0
     for step, (source, is_test) in enumerate(job["steps"]):
         started = time.monotonic()
+        channel.clock = TestClock(channel.candidate_pid, limits, cap=deadline)
         channel.deadline = min(deadline, started + limits["test_s"])
         try:
-            exec(compile(source, f"<test step {step}>", "exec"), namespace)
+            _timed_exec(source, f"<test step {step}>", namespace, channel.clock.wall_end)
             ok, err = True, None
-        except Exception as exc:
-            ok, err = False, f"{type(exc).__name__}: {exc}"[:300]
+        except SystemExit as exc:  # the test program ended itself; the tests after this one do not run
+            if exc.code not in (None, 0, False):
+                ok, err = False, _failure(exc)
+            else:
+                if is_test:
+                    emit({"ev": "test", "i": test_index, "ok": True, "err": None,
+                          "s": round(time.monotonic() - started, 6)})
+                return
+        except (Exception, StepTimeout) as exc:
+            ok, err = False, _failure(exc)
         if channel.broken and ok:
             ok, err = False, f"CandidateError: {channel.broken}"
         if is_test:
@@ -698,6 +1230,21 @@ def run_tests(job: dict, channel: _Channel, emit, deadline: float) -> None:
             return
         if not ok and job.get("stop_first", True):
             return
+
+
+def _timed_exec(source: str, filename: str, namespace: dict, deadline: float) -> None:
+    """Run test code; past ``deadline`` the timer raises ``StepTimeout`` in it."""
+    _StepTimer.arm(deadline)
+    try:
+        exec(compile(source, filename, "exec"), namespace)
+    finally:
+        _StepTimer.disarm()
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, StepTimeout):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 # ---- one job -------------------------------------------------------------------------------------------------
@@ -767,7 +1314,7 @@ class Runner:
     def __init__(self, as_init: bool, fork_wait_s: float) -> None:
         self.as_init = as_init
         self.forks = ForkServer(fork_wait_s)
-        self.spare = self.forks.spare()
+        self.spare: Spare | None = self.forks.spare()
 
     def _candidate(self) -> Spare:
         spare, self.spare = self.spare, None
@@ -786,8 +1333,14 @@ class Runner:
             pass
         return done
 
-    def prepare_next(self) -> None:
-        self.spare = self.forks.spare()
+    def prepare_next(self) -> bool:
+        """A spare candidate process for the next run; False if the fork server is gone (a
+        candidate killed or stopped it): the zygote then retires, it cannot make a clean one."""
+        try:
+            self.spare = self.forks.spare()
+        except (OSError, RuntimeError):
+            return False
+        return True
 
     def run_assert(self, job: dict, emit) -> dict:
         """Start the candidate, run the tests here against it, emit each report; the end record."""
@@ -799,7 +1352,7 @@ class Runner:
         for fd in (candidate.out_r, candidate.err_r):
             os.close(fd)
         candidate.out_r = candidate.err_r = -1
-        channel = _Channel(candidate.req_w, candidate.resp_r, candidate.pid)
+        channel = _Channel(candidate.req_w, candidate.resp_r, candidate.pid, limits["output_bytes"])
         reason = "completed"
         try:
             run_tests(job, channel, emit, deadline)
@@ -819,6 +1372,7 @@ class Runner:
         os.close(candidate.req_w)
         os.close(candidate.resp_r)
         candidate.req_w = candidate.resp_r = -1
+        clock = TestClock(candidate.pid, limits)
         deadline = started + limits["test_s"]
         stdout, stderr = bytearray(), bytearray()
         open_fds = {candidate.out_r: stdout, candidate.err_r: stderr}
@@ -826,8 +1380,12 @@ class Runner:
         while open_fds:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                timed_out = True
-                break
+                later = clock.next_deadline()
+                if later is None:
+                    timed_out = True
+                    break
+                deadline = later
+                continue
             ready, _, _ = select.select(list(open_fds) + ([] if exited else [pidfd]), [], [], remaining)
             for fd in ready:
                 if fd == pidfd:
@@ -873,19 +1431,47 @@ def _drain(open_fds: dict) -> None:
             pass
 
 
-def _wipe() -> bool:
-    """Empty the writable directories (whatever modes and depths a candidate left behind);
-    False if something could not be removed."""
+def _mount_points() -> frozenset:
+    """Mount points inside the writable directories and their parents (a Python installed under
+    ``/tmp`` is bound there read-only): the wipe keeps these and empties everything around them."""
+    kept = set()
     try:
-        for directory in WIPE_DIRS:
-            if os.path.isdir(directory):
-                for entry in os.listdir(directory):
-                    _remove(os.path.join(directory, entry))
-                if os.listdir(directory):
-                    return False
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            points = [line.split()[4].replace("\\040", " ") for line in handle if len(line.split()) > 4]
     except OSError:
-        return False
-    return True
+        return frozenset()
+    for point in points:
+        for directory in WIPE_DIRS:
+            if point.startswith(directory + "/"):
+                while point != directory:
+                    kept.add(point)
+                    point = os.path.dirname(point)
+    return frozenset(kept)
+
+
+KEPT_MOUNTS: frozenset = frozenset()
+
+
+def _wipe() -> str | None:
+    """Empty the writable directories (whatever modes and depths a candidate left behind), keeping
+    only ``KEPT_MOUNTS``; what could not be removed, or None."""
+    try:
+        pending = [d for d in WIPE_DIRS if os.path.isdir(d)]
+        while pending:
+            directory = pending.pop()
+            for entry in os.listdir(directory):
+                path = os.path.join(directory, entry)
+                if path in KEPT_MOUNTS:
+                    if not os.path.ismount(path):
+                        pending.append(path)
+                    continue
+                _remove(path)
+            left = [e for e in os.listdir(directory) if os.path.join(directory, e) not in KEPT_MOUNTS]
+            if left:
+                return f"cannot remove {os.path.join(directory, left[0])}"
+    except OSError as exc:
+        return f"cannot wipe: {exc}"
+    return None
 
 
 def _remove(path: str) -> None:
@@ -952,6 +1538,8 @@ def serve(uid: int, fork_wait_s: float) -> None:
         os.dup2(null, fd)
     os.close(null)
     os.makedirs(WORK_DIR, mode=0o700, exist_ok=True)
+    global KEPT_MOUNTS
+    KEPT_MOUNTS = _mount_points()
     try:
         runner = Runner(os.getpid() == 1, fork_wait_s)
         _serve_jobs(LineReader(in_fd), out_fd, runner)
@@ -976,19 +1564,23 @@ def _serve_jobs(requests: LineReader, out_fd: int, runner: Runner) -> None:
         else:
             end = {"ev": "end", "reason": "completed"}
             for index, stdin_text in enumerate(job["inputs"]):
-                if index:
-                    runner.cleanup()
-                    runner.prepare_next()
-                emit({"ev": "case", "i": index, **runner.run_stdio_case(job, stdin_text)})
+                lost = index and not (runner.cleanup() and runner.prepare_next())
+                if lost:  # the candidate's own doing: its later cases fail, the slot retires below
+                    emit({"ev": "case", "i": index, "lost": "an earlier case broke the sandbox's fork server"})
+                else:
+                    emit({"ev": "case", "i": index, **runner.run_stdio_case(job, stdin_text)})
                 answer = requests.read(float("inf"))
                 if answer is None:
                     return
-                if not json.loads(answer).get("continue"):
+                if lost or not json.loads(answer).get("continue"):
                     break
         emit(end)  # the verdict is complete; what is left of the run cannot change it
-        if not (runner.cleanup() and _wipe()):
-            return  # cannot get clean: exit, and the scorer starts a fresh sandbox for the next job
-        runner.prepare_next()
+        problem = "processes survived SIGKILL" if not runner.cleanup() else _wipe()
+        if not problem and not runner.prepare_next():
+            problem = "the fork server is gone (killed or stopped by a candidate)"
+        if problem:  # cannot get clean: say why, exit, and the scorer starts a fresh sandbox
+            emit({"ev": "exiting", "reason": problem})
+            return
 
 
 def run_standalone(fork_wait_s: float) -> None:
@@ -1015,7 +1607,3 @@ def run_standalone(fork_wait_s: float) -> None:
     emit(end)
     shutil.rmtree(WORK_DIR, ignore_errors=True)
     os._exit(0)
-
-
-if __name__ == "__main__":  # the local backend: python -c <this file> <uid> <fork wait s>
-    serve(int(sys.argv[1]), float(sys.argv[2]))

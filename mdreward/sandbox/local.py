@@ -12,6 +12,7 @@ on the fresh slot and, if it still fails, reported as ``SandboxError`` (unscored
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import itertools
 import json
@@ -27,16 +28,24 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..timeouts import DEFAULT_TIMEOUTS, Timeouts
-from . import harness
+from . import harness, seccomp
 from .base import AssertJob, Job, RunResult, SandboxError, SandboxLimits, SandboxUnavailable, StdioJob, TestResult
 from .verdict import ProtocolViolation, assert_results, parse_report, stdio_result
 
 log = logging.getLogger(__name__)
 
 HARNESS_SOURCE = Path(harness.__file__).read_text(encoding="utf-8")
+
+
+def harness_program(entry_call: str) -> str:
+    """The harness as a standalone program that ends by calling ``entry_call`` (``serve(...)`` in a
+    local slot, ``run_standalone(...)`` under SandboxFusion)."""
+    return f"{HARNESS_SOURCE}\n{entry_call}\n"
+
+
 #: Outside-visible uid of a slot: ``UID_BASE + (scorer pid % 100_000) * 4096 + sandbox_no * 64 + slot``,
 #: so two sandboxes never share a uid (or its process count).
 UID_BASE = 2_000_000_000
@@ -47,6 +56,11 @@ _NO_CAPS = "0000000000000000"
 
 class SlotFailure(Exception):
     """The slot (not the candidate) failed: restart it and retry the job."""
+
+
+class SlotRetired(SlotFailure):
+    """The zygote announced after its last job that it could not get clean and exited: restart the
+    slot without spending one of the job's retries."""
 
 
 def _children(pid: int) -> list[int]:
@@ -97,62 +111,88 @@ def bwrap_mounts(python: str, limits: SandboxLimits) -> list[str]:
     return command
 
 
-def bwrap_command(python: str, uid: int, limits: SandboxLimits, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> list[str]:
+def bwrap_command(python: str, uid: int, limits: SandboxLimits, timeouts: Timeouts = DEFAULT_TIMEOUTS,
+                  seccomp_fd: int | None = None) -> list[str]:
     """The bubblewrap command line of one slot. As root: privileged mode, keeping only the
     capabilities to change uid, which the harness uses at once to drop to ``uid`` for good.
-    Otherwise: an unprivileged user namespace that may not nest further."""
+    Otherwise: an unprivileged user namespace that may not nest further. ``seccomp_fd``: an open
+    descriptor holding ``seccomp.filter_program()``, loaded for every process of the sandbox."""
     command = bwrap_mounts(python, limits) + ["--as-pid-1"]
+    if seccomp_fd is not None:
+        command += ["--seccomp", str(seccomp_fd)]
     if os.geteuid() == 0:
         command += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:
         command += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
-    command += ["--", python, "-I", "-B", "-c", HARNESS_SOURCE, str(uid if os.geteuid() == 0 else 0),
-                str(timeouts.sandbox_start_s)]
+    command += ["--", python, "-I", "-B", "-c", harness_program("serve(int(sys.argv[1]), float(sys.argv[2]))"),
+                str(uid if os.geteuid() == 0 else 0), str(timeouts.sandbox_start_s)]
     return command
 
 
 @dataclass
 class Cgroup:
-    """A per-slot memory + pids cgroup (v1 or v2), when this machine lets us create one."""
+    """A per-slot memory + pids cgroup (v1 or v2), plus a CPU quota where the cpu controller is
+    available to us (``cpu_limited``), when this machine lets us create one."""
 
     dirs: list[Path]
+    cpu_limited: bool = False
 
     @classmethod
-    def create(cls, name: str, memory_bytes: int, pids: int) -> "Cgroup | None":
+    def create(cls, name: str, memory_bytes: int, pids: int, cpus: float = 1.0) -> "Cgroup | None":
         try:
             own = Path("/proc/self/cgroup").read_text().splitlines()
         except OSError:
             return None
-        by_controller = {}
+        by_controller: dict[str, tuple[str, str]] = {}  # controller -> (its hierarchy's name, our path in it)
         for line in own:
             _, controllers, path = line.split(":", 2)
             for controller in controllers.split(","):
-                by_controller[controller] = path
+                by_controller[controller] = (controllers, path)
+        period = 100_000
+        quota = max(1000, int(cpus * period))
         dirs: list[Path] = []
         settings: list[tuple[Path, str]] = []
+        cpu_settings: list[tuple[Path, str]] = []
         try:
             if "memory" in by_controller and "pids" in by_controller:  # cgroup v1
-                memory = Path("/sys/fs/cgroup/memory") / by_controller["memory"].lstrip("/") / name
-                pids_dir = Path("/sys/fs/cgroup/pids") / by_controller["pids"].lstrip("/") / name
+                def v1_dir(controller: str) -> Path:
+                    hierarchy, path = by_controller[controller]
+                    root = Path("/sys/fs/cgroup") / hierarchy
+                    return (root if root.is_dir() else Path("/sys/fs/cgroup") / controller) / path.lstrip("/") / name
+                memory, pids_dir = v1_dir("memory"), v1_dir("pids")
                 for d in (memory, pids_dir):
                     d.mkdir(exist_ok=True)  # a stale one left by a killed scorer is reused
                     dirs.append(d)
                 settings += [(memory / "memory.limit_in_bytes", str(memory_bytes)), (pids_dir / "pids.max", str(pids))]
+                if "cpu" in by_controller:  # made below, where failing costs only the CPU quota
+                    cpu = v1_dir("cpu")
+                    cpu_settings += [(cpu / "cpu.cfs_period_us", str(period)), (cpu / "cpu.cfs_quota_us", str(quota))]
             elif "" in by_controller and Path("/sys/fs/cgroup/cgroup.controllers").exists():  # cgroup v2
-                parent = Path("/sys/fs/cgroup") / by_controller[""].lstrip("/")
+                parent = Path("/sys/fs/cgroup") / by_controller[""][1].lstrip("/")
                 unified = parent / name
                 unified.mkdir(exist_ok=True)
                 dirs.append(unified)
                 settings += [(unified / "memory.max", str(memory_bytes)), (unified / "pids.max", str(pids))]
+                cpu_settings += [(unified / "cpu.max", f"{quota} {period}")]
             else:
                 return None
-            for path, value in settings:
-                path.write_text(value)
+            for setting, value in settings:
+                setting.write_text(value)
         except OSError as exc:
             log.info("cgroups unavailable for the sandbox (%s); rlimits still apply", exc)
             cls(dirs).remove()
             return None
-        return cls(dirs)
+        try:
+            for setting, value in cpu_settings:
+                if setting.parent not in dirs:
+                    setting.parent.mkdir(exist_ok=True)
+                    dirs.append(setting.parent)
+                setting.write_text(value)
+            cpu_limited = bool(cpu_settings)
+        except OSError as exc:
+            log.info("no CPU quota for the sandbox's slots (%s): slots share the CPUs unweighted", exc)
+            cpu_limited = False
+        return cls(dirs, cpu_limited)
 
     def procs_files(self) -> list[str]:
         return [str(d / "cgroup.procs") for d in self.dirs]
@@ -179,23 +219,33 @@ class _Slot:
         self.process: subprocess.Popen | None = None
         self.reader: harness.LineReader | None = None
         self.cgroup: Cgroup | None = None
-        self.stderr = None
+        self.stderr: IO[bytes] | None = None
         self.jobs = 0
 
     def start(self) -> None:
         owner = self.owner
         limits = owner.limits
-        command = bwrap_command(owner.python, self.uid, limits, owner.timeouts)
-        if owner.use_cgroups and os.geteuid() == 0 and self.cgroup is None:
-            self.cgroup = Cgroup.create(f"mdreward-{self.uid}",
-                                        2 * limits.memory_bytes + 2 * limits.tmpfs_bytes + (256 << 20), limits.nproc + 16)
-        if self.cgroup is not None:
-            command = ["sh", "-c", 'for f in $1; do echo $$ > "$f" || exit 97; done; shift; exec "$@"', "sh",
-                       " ".join(self.cgroup.procs_files()), *command]
-        self.stderr = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                        start_new_session=True, close_fds=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        filter_r, filter_w = os.pipe()
+        try:
+            os.write(filter_w, owner.seccomp_program or b"")  # a few hundred bytes: fits the pipe buffer
+            os.close(filter_w)
+            command = bwrap_command(owner.python, self.uid, limits, owner.timeouts,
+                                    seccomp_fd=filter_r if owner.seccomp_program is not None else None)
+            if owner.use_cgroups and os.geteuid() == 0 and self.cgroup is None:
+                self.cgroup = Cgroup.create(f"mdreward-{self.uid}",
+                                            2 * limits.memory_bytes + 2 * limits.tmpfs_bytes + (256 << 20),
+                                            limits.nproc + 16, limits.cpu_share)
+            if self.cgroup is not None:
+                command = ["sh", "-c", 'for f in $1; do echo $$ > "$f" || exit 97; done; shift; exec "$@"', "sh",
+                           " ".join(self.cgroup.procs_files()), *command]
+            self.stderr = tempfile.TemporaryFile()
+            self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                            start_new_session=True, close_fds=True, pass_fds=(filter_r,),
+                                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        finally:
+            os.close(filter_r)
         # a stdio report carries up to output_bytes of stdout, JSON-escaped (at most 6 bytes a byte)
+        assert self.process.stdout is not None  # stdout=PIPE
         self.reader = harness.LineReader(self.process.stdout.fileno(), 6 * limits.output_bytes + (1 << 20))
         try:
             ready = self._read(time.monotonic() + owner.timeouts.sandbox_start_s)
@@ -270,16 +320,16 @@ class _Slot:
             status = self.process.wait(timeout=self.owner.timeouts.sandbox_grace_s) if self.process else None
             raise SlotFailure(f"sandbox exited (status {status}): {self._stderr_text()[-500:]}")
         try:
-            return parse_report(line)
+            report = parse_report(line)
         except ProtocolViolation as exc:
             raise SlotFailure(str(exc)) from None
+        if report.get("ev") == "exiting":
+            raise SlotRetired(f"the sandbox could not clean up after its last job: {str(report.get('reason'))[:300]}")
+        return report
 
     def execute(self, job: Job) -> RunResult:
         t = self.owner.timeouts
-        limits = self.owner.limits
-        wire_limits = {"cpu_s": t.sandbox_cpu_s, "test_s": t.sandbox_test_s, "run_s": t.sandbox_run_s,
-                       "memory_bytes": limits.memory_bytes, "nproc": limits.nproc, "nofile": limits.nofile,
-                       "fsize_bytes": limits.fsize_bytes, "output_bytes": limits.output_bytes}
+        wire_limits = self.owner.limits.wire(t)
         started = time.perf_counter()
         deadline = time.monotonic() + t.sandbox_run_s + t.sandbox_grace_s
         self.jobs += 1
@@ -307,8 +357,8 @@ class _Slot:
         run_deadline = started + self.owner.timeouts.sandbox_run_s
         t = self.owner.timeouts
         while True:
-            # each case is bounded by sandbox_test_s inside; the run as a whole by not continuing
-            report = self._read(time.monotonic() + t.sandbox_test_s + t.sandbox_grace_s)
+            # each case is bounded inside (CPU sandbox_test_s, wall that times the factor); the run by not continuing
+            report = self._read(time.monotonic() + t.sandbox_test_s * t.sandbox_wall_factor + t.sandbox_grace_s)
             kind = report.get("ev")
             if kind == "end":
                 break
@@ -344,6 +394,10 @@ class LocalSandbox:
         self.python = python or sys.executable
         self.use_cgroups = use_cgroups
         self.retries = retries
+        try:  # None only in benchmarks/bench_sandbox_filter.py, which measures what the filter costs
+            self.seccomp_program: bytes | None = seccomp.filter_program()
+        except seccomp.UnsupportedArchitecture as exc:
+            raise SandboxUnavailable(f"refusing to run code without a syscall filter: {exc}") from None
         sandbox_no = next(_sandbox_numbers)
         self._slots = [_Slot(i, self, sandbox_no) for i in range(self.workers)]
         self._idle: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
@@ -353,10 +407,22 @@ class LocalSandbox:
         self._lock = threading.Lock()
         self._closed = False
         self.restarts = 0
+        self.restart_reasons: collections.Counter[str] = collections.Counter()
 
     @property
     def cgroups_active(self) -> bool:
         return any(s.cgroup is not None for s in self._slots)
+
+    @property
+    def cpu_limited(self) -> bool:
+        """Whether each started slot runs under its own CPU quota (``SandboxLimits.cpu_share``)."""
+        started = [s for s in self._slots if s.process is not None]
+        return bool(started) and all(s.cgroup is not None and s.cgroup.cpu_limited for s in started)
+
+    def metrics(self) -> dict[str, int]:
+        """Counters for monitoring: slot restarts in total and by cause (``retired``: a zygote that
+        could not clean up; ``failed``: a crash, hang or protocol break during a job)."""
+        return {"restarts": self.restarts, **{f"restarts_{k}": v for k, v in sorted(self.restart_reasons.items())}}
 
     def start(self) -> "LocalSandbox":
         if shutil.which("bwrap") is None:
@@ -380,16 +446,22 @@ class LocalSandbox:
         slot = self._idle.get()
         try:
             failure: Exception | None = None
-            for _ in range(1 + self.retries):
+            attempts = 1 + self.retries
+            retired_once = False
+            while attempts:
                 try:
                     if not slot.alive:
                         slot.start()
                     return slot.execute(job)
                 except SlotFailure as exc:
                     failure = exc
-                    log.warning("sandbox slot %d failed (%s); restarting it", slot.index, exc)
+                    retired = isinstance(exc, SlotRetired) and not retired_once
+                    retired_once = retired_once or retired
+                    attempts -= 0 if retired else 1
+                    log.warning("sandbox slot %d failed (%s); restarting it", slot.index, exc or type(exc).__name__)
                     slot.stop()
                     self.restarts += 1
+                    self.restart_reasons["retired" if retired else "failed"] += 1
             raise SandboxError(f"sandbox failed {1 + self.retries} times: {failure}")
         finally:
             self._idle.put(slot)

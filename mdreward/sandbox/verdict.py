@@ -53,6 +53,8 @@ def _close(a: str, b: str, tol: float) -> bool:
 def stdio_result(case_index: int, case: StdioCase, report: dict[str, Any], float_tol: float | None) -> TestResult:
     """Judge one stdio case from the sandbox's report of what the program printed."""
     seconds = report.get("s") if isinstance(report.get("s"), (int, float)) else None
+    if isinstance(report.get("lost"), str):
+        return TestResult(case_index, False, f"not run: {report['lost'][:200]}", seconds)
     if report.get("timed_out"):
         return TestResult(case_index, False, "time limit exceeded", seconds)
     if report.get("output_limit"):
