@@ -173,7 +173,7 @@ class MathDomain:
             asyncio.gather(*(self._several_answers(answers[i], others, _clean(samples[i].reference or ""))
                              for i, others in several.items())))
         overriding = {i: verdict for i, verdict in zip(several, overrides) if verdict is not None}
-        for (key, indices), verdict in zip(pending.items(), verdicts):
+        for indices, verdict in zip(pending.values(), verdicts):
             for i in indices:
                 scores[i] = self._score(answers[i], overriding.get(i, verdict), samples[i])
         return [s for s in scores if s is not None]

@@ -314,19 +314,19 @@ def check(payload: tuple[str, str, float, float]) -> dict[str, Any]:
     gold_value, pred_value = _chain_value(gold, gold_text, parse_s), _chain_value(pred, pred_text, parse_s)
     if gold_value is None or pred_value is None:
         return {"equivalent": False, "method": "false_chain"}
-    gold, pred = list(gold_value), list(pred_value)
-    if _several_values(_label_value(pred[0])) and _one_value(_label_value(gold[0])):
+    golds, preds = list(gold_value), list(pred_value)
+    if _several_values(_label_value(preds[0])) and _one_value(_label_value(golds[0])):
         return {"equivalent": False, "method": "hedged"}
-    if _certainly_different(gold[0], pred[0], bool(_PERCENT.search(gold_text + pred_text))):
+    if _certainly_different(golds[0], preds[0], bool(_PERCENT.search(gold_text + pred_text))):
         return {"equivalent": False, "method": "math_verify"}
     budget = max(1, int(verify_s))
-    if not verify(gold, pred, timeout_seconds=budget):
-        if isinstance(gold[0], sympy.Set) == isinstance(pred[0], sympy.Set):
+    if not verify(golds, preds, timeout_seconds=budget):
+        if isinstance(golds[0], sympy.Set) == isinstance(preds[0], sympy.Set):
             return {"equivalent": False, "method": "math_verify"}
-        gold[0], pred[0] = _as_set(gold[0]), _as_set(pred[0])  # x > 2 against (2, \infty), either way
-        if not verify(gold, pred, timeout_seconds=budget):
+        golds[0], preds[0] = _as_set(golds[0]), _as_set(preds[0])  # x > 2 against (2, \infty), either way
+        if not verify(golds, preds, timeout_seconds=budget):
             return {"equivalent": False, "method": "math_verify"}
-    if not _leaves_agree(gold[0], pred[0], "." in pred_text):
+    if not _leaves_agree(golds[0], preds[0], "." in pred_text):
         return {"equivalent": False, "method": "exact_numeric_guard"}
     return {"equivalent": True, "method": "math_verify"}
 

@@ -112,7 +112,7 @@ class _Reader:
         if token == "\\frac":
             return _divide(self.single(), self.single())
         if token == "\\sqrt":
-            index = 2.0
+            index: complex = 2.0
             if self.peek() == "[":
                 self.take()
                 index = self.expression()
