@@ -16,8 +16,8 @@ from ..extract import FormatViolation, final_answer, split_think
 from ..registry import DomainSpec
 from ..runtime import KillablePool, LRUCache, TaskTimedOut, WorkerCrashed
 from ..timeouts import Timeouts
-from .math_numeric import certainly_different
 from ..types import FormatRules, RewardTable, Sample, Score
+from .math_numeric import certainly_different
 
 TABLE = RewardTable({"correct": 1.0, "wrong": -0.5, "format_error": -1.0})
 
@@ -34,7 +34,7 @@ _SPACING_OR_ROW_BREAK = re.compile(r"\\\\|\\!\s*|\\[,;: ]")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|textnormal|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACED_DIGITS = re.compile(r"\d\s+\d")
 _DIGIT_GROUPS = re.compile(r"^[+-]?\d{1,3}(?:\s\d{3})+(?:\.\d+)?$")
-_SPACES_BESIDE_NON_LETTERS = re.compile(r"\s+(?![A-Za-z])|(?<![A-Za-z])\s+")
+_SPACES_NOT_BETWEEN_WORDS = re.compile(r"\s+(?![A-Za-z0-9])|(?<![A-Za-z0-9])\s+")
 _WORDS = re.compile(r"[A-Za-z]+(?:[ '-][A-Za-z]+)*")
 
 
@@ -74,8 +74,8 @@ def word_answer(text: str) -> str | None:
 
 
 def _without_spaces(text: str) -> str:
-    """Spaces removed except between two letters (``\\pi r`` is not ``\\pir``, ``a b`` is not ``ab``)."""
-    return _SPACES_BESIDE_NON_LETTERS.sub("", text)
+    """Spaces removed except between two letters or digits (``\\pi r`` is not ``\\pir``, ``5 6`` is not ``56``)."""
+    return _SPACES_NOT_BETWEEN_WORDS.sub("", text)
 
 
 def _is_word(words: str | None) -> bool:
