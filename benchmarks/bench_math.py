@@ -3,8 +3,10 @@
 Baseline (same run): ``math_verify.verify(parse(gold), parse(response))`` per sample, one process,
 with the gold wrapped in ``\boxed{}`` as verl does (a bare MATH500 answer otherwise fails to parse).
 Batches: GRPO-like, 8 responses per MATH500 problem mixing correct, equivalent-but-rewritten,
-wrong, hedged and malformed answers; plus an all-unique batch (one response per problem) where
-deduplication and caching cannot help.
+wrong, hedged and malformed answers (scored in 128-sample calls); a GRPO batch of simple answers
+(the worked solution as reasoning, mostly the reference boxed, some rewritten or wrong, scored in
+512-sample steps: what an RL run mostly sees); plus an all-unique batch (one response per problem)
+where deduplication and caching cannot help.
 
     python benchmarks/bench_math.py [--problems 200] [--workers 2]
 """
@@ -12,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import sys
 import time
 from fractions import Fraction
+from typing import Any
 
 from common import SHARED_DATA, latency_summary, markdown_table, save
 
@@ -60,6 +64,16 @@ def responses_for(problem: dict, others: list[str], rng: random.Random) -> list[
     return made
 
 
+def simple_responses_for(problem: dict, others: list[str], rng: random.Random) -> list[str]:
+    """A GRPO group of 8 on one problem late in training: mostly the reference, one rewritten, two wrong."""
+    gold = problem["answer"]
+    think = "<think>" + problem["solution"].replace("\\boxed", "") + "</think>"
+    finals = [gold] * 5 + [rewrite_equivalent(gold, rng), wrong_answer(gold, others, rng), wrong_answer(gold, others, rng)]
+    made = [think + f" The final answer is $\\boxed{{{final}}}$." for final in finals]
+    rng.shuffle(made)
+    return made
+
+
 def load_problems(n: int) -> list[dict]:
     with (SHARED_DATA / "math500" / "test.jsonl").open() as f:
         return [json.loads(line) for line in f][:n]
@@ -77,7 +91,7 @@ def naive(samples: list[Sample]) -> tuple[list[bool], list[float]]:
     return verdicts, latencies
 
 
-def ours_batch(samples: list[Sample], workers: int, batch_size: int) -> tuple[list, float]:
+def ours_batch(samples: list[Sample], workers: int, batch_size: int) -> tuple[list[Any], float]:
     with Scorer(ScoringConfig(domain_options={"math": {"workers": workers}})) as scorer:
         scorer.warm_up(["math"])
         started = time.perf_counter()
@@ -102,12 +116,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=128 * 8 // 8, help="samples per scoring call (a GRPO step's batch)")
+    parser.add_argument("--batch-size", type=int, default=128, help="samples per scoring call (a GRPO step's batch)")
+    parser.add_argument("--simple-batch-size", type=int, default=512, help="samples per step for the simple batch")
     args = parser.parse_args()
     rng = random.Random(0)
     problems = load_problems(args.problems)
     answers = [p["answer"] for p in problems]
     grpo = [Sample("math", r, reference=p["answer"]) for p in problems for r in responses_for(p, answers, rng)]
+    simple = [Sample("math", r, reference=p["answer"]) for p in problems for r in simple_responses_for(p, answers, rng)]
     # one response per problem, of a random kind: no two (answer, reference) pairs repeat
     unique = [Sample("math", rng.choice(responses_for(p, answers, rng)), reference=p["answer"]) for p in problems]
 
@@ -115,19 +131,22 @@ def main() -> int:
 
     warm_up()  # the naive loop gets the same sympy warm-up the workers get
     rows, results = [], {}
-    for name, samples in (("GRPO batches (8 per problem)", grpo), ("all-unique", unique)):
+    batches = (("GRPO batches (8 per problem)", grpo, args.batch_size),
+               ("GRPO simple answers (8 per problem, worked solution as reasoning)", simple, args.simple_batch_size),
+               ("all-unique", unique, args.batch_size))
+    for name, samples, batch_size in batches:
         print(f"[{name}] naive loop over {len(samples)} samples...", file=sys.stderr, flush=True)
         started = time.perf_counter()
         naive_verdicts, naive_lat = naive(samples)
         naive_s = time.perf_counter() - started
         print(f"[{name}] mdreward...", file=sys.stderr, flush=True)
-        scores, ours_s = ours_batch(samples, args.workers, args.batch_size)
+        scores, ours_s = ours_batch(samples, args.workers, batch_size)
         ours_lat = ours_latency(samples[: min(len(samples), 200)], args.workers)
         naive_rate, ours_rate = len(samples) / naive_s, len(samples) / ours_s
         judged = [(v, sc) for v, sc in zip(naive_verdicts, scores)
                   if sc.status.value == "ok" and sc.components.get("method") not in ("hedged", "several_final_answers")]
         disagree = [(sc.answer, v, sc.components["correct"]) for v, sc in judged if v != sc.components["correct"]]
-        results[name] = {"samples": len(samples), "naive_samples_per_s": naive_rate, "mdreward_samples_per_s": ours_rate,
+        results[name] = {"samples": len(samples), "batch_size": batch_size, "naive_samples_per_s": naive_rate, "mdreward_samples_per_s": ours_rate,
                          "speedup": ours_rate / naive_rate, "naive_latency": latency_summary(naive_lat),
                          "mdreward_latency_single_call": latency_summary(ours_lat),
                          "verdict_agreement_on_well_formed": 1 - len(disagree) / max(1, len(judged)),
@@ -143,8 +162,10 @@ def main() -> int:
         print(f"{name}: verdict agreement with the naive loop on well-formed, unhedged answers: "
               f"{100 * r['verdict_agreement_on_well_formed']:.1f}%; first disagreements (answer, naive, ours): "
               f"{r['disagreements'][:5]}; naive-correct/ours-wrong: {r['naive_true_ours_false'][:8]}")
-    print(f"workers={args.workers}, timeouts enforced (hard kill {DEFAULT_TIMEOUTS.math_hard_kill_s}s)")
-    path = save("math", {"workers": args.workers, "problems": args.problems, "results": results})
+    load = os.getloadavg()
+    print(f"workers={args.workers}, timeouts enforced (hard kill {DEFAULT_TIMEOUTS.math_hard_kill_s}s), "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    path = save("math", {"workers": args.workers, "problems": args.problems, "load_average": load, "results": results})
     print(f"saved {path}")
     return 0
 

@@ -6,6 +6,7 @@ a training reward and an evaluation score. Nothing here judges correctness.
 from __future__ import annotations
 
 import ast
+import bisect
 import re
 import textwrap
 import warnings
@@ -74,16 +75,46 @@ def _split_at_close(response: str, reasoning: str) -> ThinkSplit | FormatViolati
     return ThinkSplit(reasoning.strip(), response.split(THINK_CLOSE, 1)[1])
 
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*")
+_BARE_TOKEN = re.compile(r"[^\s$]+")
+
+
+def _answer_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of the contents of complete ``<answer>...</answer>`` blocks, in order (one linear scan)."""
+    spans = []
+    position = 0
+    while (opened := text.find(_ANSWER_OPEN, position)) >= 0:
+        start = opened + len(_ANSWER_OPEN)
+        end = text.find(_ANSWER_CLOSE, start)
+        if end < 0:
+            break  # no later block can close either
+        spans.append((start, end))
+        position = end + len(_ANSWER_CLOSE)
+    return spans
 
 
 def answer_tags(text: str) -> list[str]:
     """Contents of complete ``<answer>...</answer>`` blocks, in order."""
-    return [m.strip() for m in _ANSWER_TAG.findall(text)]
+    return [text[start:end].strip() for start, end in _answer_spans(text)]
 
 
-_BARE_TOKEN = re.compile(r"[^\s$]+")
+def _boxes(text: str) -> list[tuple[int, str]]:
+    """``(position, contents)`` of every non-empty box, in order; linear in ``len(text)``."""
+    found: list[tuple[int, str]] = []
+    closing: dict[int, int] | None = None
+    for match in _BOXED.finditer(text):
+        start = match.end()
+        if start < len(text) and text[start] == "{":
+            closing = _matching_braces(text) if closing is None else closing
+            end = closing.get(start)
+            if end is not None:
+                found.append((match.start(), text[start + 1:end].strip()))
+        elif match.group(0)[-1:].isspace():
+            token = _BARE_TOKEN.match(text, start)
+            if token:
+                found.append((match.start(), token.group(0)))
+    return [(position, box) for position, box in found if box]
 
 
 def _matching_braces(text: str) -> dict[int, int]:
@@ -102,40 +133,34 @@ def _matching_braces(text: str) -> dict[int, int]:
 def boxed_contents(text: str) -> list[str]:
     r"""Contents of every ``\boxed{...}`` / ``\fbox{...}`` (braces matched; ``\boxed 5`` too), in order.
 
-    An unterminated ``\boxed{`` yields nothing.
+    An unterminated ``\boxed{`` yields nothing. Linear time: a degenerate loop of thousands of
+    unterminated boxes costs one pass, not one pass per box.
     """
-    found: list[str] = []
-    closing: dict[int, int] | None = None
-    for match in _BOXED.finditer(text):
-        start = match.end()
-        if start < len(text) and text[start] == "{":
-            if closing is None:
-                closing = _matching_braces(text)
-            if start in closing:
-                found.append(text[start + 1:closing[start]].strip())
-        elif match.group(0).endswith(" ") or match.group(0).endswith("\t"):
-            token = _BARE_TOKEN.match(text, start)
-            if token:
-                found.append(token.group(0))
-    return [f for f in found if f]
+    return [box for _, box in _boxes(text)]
 
 
 def final_answer(after_think: str) -> FinalAnswer | FormatViolation:
     r"""The final answer after ``</think>``: the last ``<answer>`` block, else the last ``\boxed{}``.
 
-    A ``\boxed{}`` inside the answer block is unwrapped. All candidates are kept so callers can
-    refuse hedges (several different final answers).
+    A ``\boxed{}`` inside the answer block is unwrapped. Candidates are every final answer given, in
+    order, in either form: each box (inside or outside an answer block) and each answer block without
+    a box, so callers can refuse hedges (several different final answers).
     """
-    tags = answer_tags(after_think)
-    if tags:
-        candidates = tuple(_unbox(t) for t in tags)
-        if not candidates[-1]:
+    spans = _answer_spans(after_think)
+    boxes = _boxes(after_think)
+    if spans:
+        last_start, last_end = spans[-1]
+        final = _unbox(after_think[last_start:last_end])
+        if not final:
             return FormatViolation("the <answer> block is empty")
-        return FinalAnswer(candidates[-1], "answer_tag", candidates)
-    boxes = tuple(boxed_contents(after_think))
+        positions = [position for position, _ in boxes]
+        unboxed_tags = [(start, after_think[start:end].strip()) for start, end in spans
+                        if bisect.bisect_left(positions, start) == bisect.bisect_left(positions, end)]
+        candidates = tuple(text for _, text in sorted(boxes + [t for t in unboxed_tags if t[1]]))
+        return FinalAnswer(final, "answer_tag", candidates)
     if boxes:
-        return FinalAnswer(boxes[-1], "boxed", boxes)
-    if "<answer>" in after_think:
+        return FinalAnswer(boxes[-1][1], "boxed", tuple(box for _, box in boxes))
+    if _ANSWER_OPEN in after_think:
         return FormatViolation("the <answer> block is not closed")
     return FormatViolation("no final answer after </think> (no <answer> block and no \\boxed{})")
 

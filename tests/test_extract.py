@@ -36,6 +36,19 @@ def test_last_code_block_takes_the_last_python_fence():
     assert isinstance(last_code_block("no code here"), FormatViolation)
 
 
+def test_unterminated_boxes_and_answer_tags_are_linear():
+    """A degenerate loop of thousands of unterminated ``\\boxed{`` / ``<answer>`` (under the response cap) is one
+    pass: 14,000 of them took 35-43 s of quadratic brace matching before."""
+    import time
+
+    for loop in ("\\boxed{" * 14_000, "\\boxed{x" * 14_000 + "}", "<answer>" * 14_000, "\\boxed " * 14_000):
+        started = time.process_time()
+        found = final_answer("</think> " + loop + " \\boxed{7}")
+        elapsed = time.process_time() - started
+        assert elapsed < 0.5, (loop[:20], elapsed)
+        assert not isinstance(found, FormatViolation) and found.text == "7"
+
+
 def test_final_answer_of_applies_the_think_rule_then_reads_the_final_answer():
     from mdreward.extract import final_answer_of
 

@@ -64,3 +64,52 @@ def test_arbitrary_records_never_raise_and_always_come_back(scorer, record):
     (score,) = scorer.score_batch([record])
     assert score.status in set(Status)
     assert (score.reward is None) == (score.status is Status.ERROR)
+
+
+def _math500_final_answers() -> list[str]:
+    import json
+    import os
+    from pathlib import Path
+
+    from conftest import SHARED_DATA
+    from mdreward.extract import boxed_contents
+
+    path = Path(os.environ.get("MDREWARD_SHARED_DATA", SHARED_DATA)) / "math500" / "test.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} is not there")
+    texts = set()
+    for line in path.read_text().splitlines():
+        problem = json.loads(line)
+        texts.add(problem["answer"])
+        boxes = boxed_contents(problem["solution"])
+        if boxes:
+            texts.add(boxes[-1])
+    return sorted(texts)
+
+
+def test_presentation_normalization_never_changes_what_math_verify_parses():
+    """Over every MATH500 reference and the final answer of its worked solution, Math-Verify parses the
+    normalized text to the same value as the original (row separators ``\\\\``, ``\\text{}`` words, thousands)."""
+    from math_verify import parse
+    from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig
+
+    from mdreward.domains.math import _clean
+
+    configs = [LatexExtractionConfig(), ExprExtractionConfig()]
+    changed = []
+    for text in _math500_final_answers():
+        original, normalized = parse(f"${text}$", configs), parse(f"${_clean(text)}$", configs)
+        if [str(v) for v in original[:1]] != [str(v) for v in normalized[:1]]:
+            changed.append((text, _clean(text), original[:1], normalized[:1]))
+    assert not changed, changed
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.sampled_from(["1", "-2", "x", "\\frac{1}{2}"]), min_size=2, max_size=4),
+       spacing=st.lists(st.sampled_from(["", " ", "  ", "\\,", "\\ ", "\\!", "\\;", "\n"]), min_size=8, max_size=8))
+def test_normalization_keeps_every_row_separator(rows, spacing):
+    from mdreward.domains.math import _clean
+
+    body = "".join(row + spacing[i] + "\\\\" + spacing[-1 - i] for i, row in enumerate(rows[:-1])) + rows[-1]
+    text = "\\begin{pmatrix}" + body + "\\end{pmatrix}"
+    assert _clean(text).count("\\\\") == len(rows) - 1, (text, _clean(text))

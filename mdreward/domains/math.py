@@ -17,32 +17,70 @@ from ..registry import DomainSpec
 from ..runtime import KillablePool, LRUCache, TaskTimedOut, WorkerCrashed
 from ..timeouts import Timeouts
 from ..types import FormatRules, RewardTable, Sample, Score
+from .math_numeric import certainly_different
 
 TABLE = RewardTable({"correct": 1.0, "wrong": -0.5, "format_error": -1.0})
 
-#: Markers of a hedged answer; one in the answer but not in the reference makes it wrong.
-HEDGE_MARKERS = (r"\pm", "±", r"\mp", "∓", r"\lor", r"\vee", " or ", r"\text{or}", r"\text{ or }", r"\quad\text{or}")
 MAX_ANSWER_CHARS = 1_000
-#: Final answers besides the last one that are checked as restatements; more is a hedge outright.
+#: Final answers besides the last one that are checked as restatements; more go straight to the joined check.
 MAX_RESTATEMENTS = 3
+#: Distinct final answers that may together form a multi-valued answer (``\boxed{1}``, ``\boxed{2}`` for ``1, 2``).
+MAX_JOINED_ANSWERS = 32
 _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
 _FRACTION = re.compile(r"^([+-])?\\d?frac\{([+-]?\d+)\}\{([+-]?\d+)\}$|^([+-]?\d+)\s*/\s*([+-]?\d+)$")
+#: ``\\`` (a row separator, kept), a negative space ``\!`` (removed with the spaces after it, as Math-Verify does) or
+#: a spacing command (a space); one token at a time, so ``\\ `` keeps both backslashes.
+_SPACING_OR_ROW_BREAK = re.compile(r"\\\\|\\!\s*|\\[,;: ]")
+_TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|textnormal|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_SPACED_DIGITS = re.compile(r"\d\s+\d")
+_DIGIT_GROUPS = re.compile(r"^[+-]?\d{1,3}(?:\s\d{3})+(?:\.\d+)?$")
+_SPACES_NOT_BETWEEN_WORDS = re.compile(r"\s+(?![A-Za-z0-9])|(?<![A-Za-z0-9])\s+")
+_WORDS = re.compile(r"[A-Za-z]+(?:[ '-][A-Za-z]+)*")
 
 
 def _clean(text: str) -> str:
-    """Presentation-only normalization: dollars, \\( \\), thin spaces, \\text{}, \\left/\\right,
-    \\dfrac, outer braces, a trailing period."""
+    """Presentation-only normalization, invisible to Math-Verify: dollars, \\( \\), spacing commands (not the
+    ``\\\\`` row separator), \\left/\\right, \\dfrac/\\tfrac, outer braces, a trailing period, runs of spaces."""
     text = text.strip()
     text = re.sub(r"^\$+|\$+$", "", text).strip()
-    text = re.sub(r"^\\\(|\\\)$", "", text).strip()
-    text = re.sub(r"\\[,;!:]|\\ ", "", text)
-    text = re.sub(r"\\text\{\s*([^{}]*?)\s*\}", r"\1", text)
-    text = re.sub(r"\\left\b|\\right\b", "", text)
+    text = re.sub(r"^\\[(\[]|\\[)\]]$", "", text).strip()
+    text = _SPACING_OR_ROW_BREAK.sub(_space_or_row_break, text)
+    text = re.sub(r"\\(?:left|right)(?:\.|\b|(?=[^A-Za-z]))", "", text)
     text = re.sub(r"\\[dt]frac", r"\\frac", text)
     text = text.rstrip(".").strip()
     while len(text) > 1 and text[0] == "{" and text[-1] == "}" and _balanced(text[1:-1]):
         text = text[1:-1].strip()
     return re.sub(r"\s+", " ", text)
+
+
+def _space_or_row_break(match: re.Match[str]) -> str:
+    token = match.group(0)
+    return token if token == "\\\\" else "" if token.startswith("\\!") else " "
+
+
+def word_answer(text: str) -> str | None:
+    """The normalized form of a word or choice answer (``\\text{Yes}``, ``(C)``, ``True``), None for anything else.
+
+    Words compare as strings, never as algebra (as products of symbols ``sey`` would equal ``yes``)."""
+    inner = text
+    while (unwrapped := _TEXT_WRAPPER.sub(r"\1", inner)) != inner:
+        inner = unwrapped
+    inner = inner.strip().rstrip(".").strip()
+    if re.fullmatch(r"\(\s*[A-Za-z]\s*\)", inner):
+        inner = inner.strip("() ")
+    if not _WORDS.fullmatch(inner):
+        return None
+    return re.sub(r"[\s'-]+", "", inner).casefold()
+
+
+def _without_spaces(text: str) -> str:
+    """Spaces removed except between two letters or digits (``\\pi r`` is not ``\\pir``, ``5 6`` is not ``56``)."""
+    return _SPACES_NOT_BETWEEN_WORDS.sub("", text)
+
+
+def _is_word(words: str | None) -> bool:
+    """A word of two letters or more (a single letter may be a variable: ``x`` against ``1 \\cdot x``)."""
+    return words is not None and len(words) > 1
 
 
 def _balanced(text: str) -> bool:
@@ -56,7 +94,12 @@ def _balanced(text: str) -> bool:
 
 def exact_number(text: str) -> Fraction | None:
     """The exact value of a plain integer, decimal or integer fraction; None otherwise."""
-    compact = text.replace(" ", "").replace("{,}", "")
+    text = text.replace("{,}", "").strip()
+    wrapped = _TEXT_WRAPPER.fullmatch(text)
+    text = wrapped.group(1).strip() if wrapped else text
+    if _SPACED_DIGITS.search(text) and not _DIGIT_GROUPS.match(text):
+        return None  # "5 6" is two numbers; "10 000" is one
+    compact = text.replace(" ", "")
     if _NUMBER.match(compact):
         return Fraction(compact)
     match = _FRACTION.match(compact)
@@ -78,23 +121,25 @@ def _terminates(value: Fraction) -> bool:
     return den == 1
 
 
-def fast_equivalence(answer: str, reference: str) -> bool | None:
-    """Certain verdicts without sympy: identical text, or two exact numbers. None: undecided."""
-    if answer == reference:
-        return True
+def fast_equivalence(answer: str, reference: str) -> dict[str, Any] | None:
+    """Certain verdicts without sympy: the same text up to spaces, two words, a word against algebra, two exact
+    numbers, or two simple numbers far apart. None: undecided."""
+    if answer == reference or _without_spaces(answer) == _without_spaces(reference):
+        return {"equivalent": True, "method": "exact"}
+    answer_words, reference_words = word_answer(answer), word_answer(reference)
+    if answer_words is not None and reference_words is not None:
+        return {"equivalent": answer_words == reference_words, "method": "text"}
+    if _is_word(answer_words) or _is_word(reference_words):
+        return {"equivalent": False, "method": "text"}  # a word against algebra: y \cdot e \cdot s is not yes
     a, r = exact_number(answer), exact_number(reference)
     if a is None or r is None:
-        return None
+        return {"equivalent": False, "method": "numeric"} if certainly_different(answer, reference) else None
     if a == r:
-        return True
+        return {"equivalent": True, "method": "exact"}
     written_as_decimal = "." in answer
     if written_as_decimal and not _terminates(r):
         return None  # e.g. 4.6666667 for 14/3: Math-Verify's rounding rules decide
-    return False
-
-
-def is_hedged(answer: str, reference: str) -> bool:
-    return any(marker in answer and marker not in reference for marker in HEDGE_MARKERS)
+    return {"equivalent": False, "method": "exact"}
 
 
 class MathDomain:
@@ -113,7 +158,7 @@ class MathDomain:
         scores: list[Score | None] = [None] * len(samples)
         pending: dict[tuple[str, str], list[int]] = {}
         answers: list[str] = [""] * len(samples)
-        restated: dict[int, tuple[str, ...]] = {}
+        several: dict[int, tuple[str, ...]] = {}
         for i, sample in enumerate(samples):
             outcome = self._extract(sample)
             if isinstance(outcome, Score):
@@ -121,19 +166,20 @@ class MathDomain:
                 continue
             answers[i], others = outcome
             if others:
-                restated[i] = others
+                several[i] = others
             pending.setdefault((answers[i], _clean(sample.reference or "")), []).append(i)
-        verdicts, consistency = await asyncio.gather(
+        verdicts, overrides = await asyncio.gather(
             asyncio.gather(*(self._equivalent(answer, reference) for answer, reference in pending)),
-            asyncio.gather(*(self._restates_one_answer(answers[i], others) for i, others in restated.items())))
-        inconsistent = {i: verdict for i, verdict in zip(restated, consistency) if verdict is not None}
-        for (key, indices), verdict in zip(pending.items(), verdicts):
+            asyncio.gather(*(self._several_answers(answers[i], others, _clean(samples[i].reference or ""))
+                             for i, others in several.items())))
+        overriding = {i: verdict for i, verdict in zip(several, overrides) if verdict is not None}
+        for indices, verdict in zip(pending.values(), verdicts):
             for i in indices:
-                scores[i] = self._score(answers[i], inconsistent.get(i, verdict), samples[i])
+                scores[i] = self._score(answers[i], overriding.get(i, verdict), samples[i])
         return [s for s in scores if s is not None]
 
     def _extract(self, sample: Sample) -> Score | tuple[str, tuple[str, ...]]:
-        """The final answer and the other, differently written final answers given with it."""
+        """The final answer and the other, differently written final answers given with it (in order)."""
         split = split_think(sample.response, self.format_rules)
         if isinstance(split, FormatViolation):
             return Score.format_error(self.table["format_error"], split.reason)
@@ -141,34 +187,42 @@ class MathDomain:
         if isinstance(found, FormatViolation):
             return Score.format_error(self.table["format_error"], found.reason)
         answer = _clean(found.text)
-        reference = _clean(sample.reference or "")
         squashed = answer.replace(" ", "")
         others = tuple({c.replace(" ", ""): c for c in map(_clean, found.candidates)
                         if c.replace(" ", "") != squashed}.values())
-        if len(others) > MAX_RESTATEMENTS:
+        if len(others) >= MAX_JOINED_ANSWERS:
             return self._score(answer, {"equivalent": False, "method": "several_final_answers"})
-        if is_hedged(answer, reference):
-            return self._score(answer, {"equivalent": False, "method": "hedged"})
         if len(answer) > MAX_ANSWER_CHARS:
-            return self._score(answer, {"equivalent": answer == reference, "method": "too_long_exact_only"})
+            return self._score(answer, {"equivalent": answer == _clean(sample.reference or ""),
+                                        "method": "too_long_exact_only"})
         return answer, others
 
-    async def _restates_one_answer(self, answer: str, others: tuple[str, ...]) -> dict[str, Any] | None:
-        """None when every other final answer is the same value as ``answer`` (``\\boxed{x=2}`` then
-        ``\\boxed{2}``, ``\\frac12`` then ``0.5``); otherwise the verdict that overrides the score: a
-        hedge (wrong), or an error when a check failed."""
-        checks = await asyncio.gather(*(self._equivalent(other, answer) for other in others))
-        for check in checks:
-            if "error" in check:
-                return check
-        if all(check["equivalent"] for check in checks):
-            return None
+    async def _several_answers(self, answer: str, others: tuple[str, ...], reference: str) -> dict[str, Any] | None:
+        """The verdict for a response with several different final answers; None to score the last one alone.
+
+        None when every other final answer is the same value as ``answer`` (``\\boxed{x=2}`` then ``\\boxed{2}``,
+        ``\\frac12`` then ``0.5``). Otherwise the answers together (``\\boxed{1}``, ``\\boxed{2}``) must be exactly
+        a multi-valued reference (``1, 2``); anything else is a hedge, wrong. A failed check is an error."""
+        if len(others) <= MAX_RESTATEMENTS:
+            checks = await asyncio.gather(*(self._equivalent(other, answer) for other in others))
+            for check in checks:
+                if "error" in check:
+                    return check
+            if all(check["equivalent"] for check in checks):
+                return None
+        together = ", ".join((*others, answer))
+        if len(together) <= MAX_ANSWER_CHARS:
+            joined = await self._equivalent(together, reference)
+            if "error" in joined:
+                return joined
+            if joined["equivalent"]:
+                return {**joined, "method": "several_final_answers_together"}
         return {"equivalent": False, "method": "several_final_answers"}
 
     async def _equivalent(self, answer: str, reference: str) -> dict[str, Any]:
         fast = fast_equivalence(answer, reference)
         if fast is not None:
-            return {"equivalent": fast, "method": "exact"}
+            return fast
         key = (answer, reference)
         cached = self._cache.get(key)
         if cached is not None:
