@@ -35,6 +35,27 @@ class Domain(Protocol):
     async def aclose(self) -> None: ...
 
 
+class RuleDomain:
+    """Base for a domain that scores each sample by a pure, fast rule in the calling thread (no service,
+    no worker): subclass it, set ``name`` and implement ``score_one``."""
+
+    name: str
+
+    def __init__(self, *, format_rules: FormatRules, timeouts: Any, table: RewardTable) -> None:
+        self.format_rules = format_rules
+        self.timeouts = timeouts
+        self.table = table
+
+    def score_one(self, sample: Sample) -> Score:
+        raise NotImplementedError
+
+    async def score_batch(self, samples: Sequence[Sample]) -> list[Score]:
+        return [self.score_one(sample) for sample in samples]
+
+    async def aclose(self) -> None:
+        return None
+
+
 class DomainUnavailable(RuntimeError):
     """The domain cannot run with this configuration (e.g. no judge configured); its records
     come out unscored with this message."""

@@ -16,9 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..extract import FormatViolation, choice_letter, split_think
-from ..registry import DomainSpec
-from ..timeouts import Timeouts
-from ..types import FormatRules, RewardTable, Sample, Score
+from ..registry import DomainSpec, RuleDomain
+from ..types import RewardTable, Sample, Score
 
 TABLE = RewardTable({"correct": 1.0, "wrong": 0.0, "format_error": -1.0})
 LETTERS = "ABCDEFGHIJ"
@@ -42,16 +41,8 @@ def record_letters(sample: Sample) -> tuple[str, str, list[str]] | str:
     return reference, letters, list(options)
 
 
-class ChoiceDomain:
+class ChoiceDomain(RuleDomain):
     name = "choice"
-
-    def __init__(self, *, format_rules: FormatRules, timeouts: Timeouts, table: RewardTable = TABLE) -> None:
-        self.table = table
-        self.format_rules = format_rules
-        self.timeouts = timeouts
-
-    async def score_batch(self, samples: Sequence[Sample]) -> list[Score]:
-        return [self.score_one(sample) for sample in samples]
 
     def score_one(self, sample: Sample) -> Score:
         record = record_letters(sample)
@@ -72,9 +63,6 @@ class ChoiceDomain:
         method = "letter" if found.letter in letters else "not_an_option"
         return Score.ok(self.table["correct" if correct else "wrong"], answer=found.letter, correct=correct,
                         method=method, **components)
-
-    async def aclose(self) -> None:
-        return None
 
 
 spec = DomainSpec(

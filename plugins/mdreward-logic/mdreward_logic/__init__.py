@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Sequence
 from typing import Any
 
-from mdreward import DomainSpec, FormatRules, RewardTable, Sample, Score, Timeouts
+from mdreward import DomainSpec, RewardTable, RuleDomain, Sample, Score
 from mdreward.extract import FinalAnswer, FormatViolation, final_answer_of
 
 TABLE = RewardTable({"correct": 1.0, "wrong": 0.0, "format_error": -1.0}, continuous=("cells_right", 0.0, 1.0))
@@ -88,16 +87,8 @@ def bare_list(text: str) -> list[str] | None:
     return names if all(names) and not any(c in n for n in names for c in "[]{}") else None
 
 
-class LogicDomain:
+class LogicDomain(RuleDomain):
     name = "logic"
-
-    def __init__(self, *, format_rules: FormatRules, timeouts: Timeouts, table: RewardTable = TABLE) -> None:
-        self.table = table
-        self.format_rules = format_rules
-        self.timeouts = timeouts
-
-    async def score_batch(self, samples: Sequence[Sample]) -> list[Score]:
-        return [self.score_one(sample) for sample in samples]
 
     def score_one(self, sample: Sample) -> Score:
         reference = reference_puzzle(sample)
@@ -144,9 +135,6 @@ class LogicDomain:
         return Score.ok(self.table["wrong"] + (self.table["correct"] - self.table["wrong"]) * right / total,
                         answer=found.text, correct=False, method="cells", cells_right=right, cells=total,
                         **components)
-
-    async def aclose(self) -> None:
-        return None
 
 
 _EXAMPLE_TABLE = {"header": ["House", "Name", "Pet"], "rows": [["1", "Arnold", "cat"], ["2", "Eric", "dog"]]}

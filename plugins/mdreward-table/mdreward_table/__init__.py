@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
-from mdreward import DomainSpec, FormatRules, RewardTable, Sample, Score, Timeouts
+from mdreward import DomainSpec, RewardTable, RuleDomain, Sample, Score
 from mdreward.extract import FormatViolation, final_answer_of
 
 TABLE = RewardTable({"correct": 1.0, "wrong": 0.0, "format_error": -1.0})
@@ -65,16 +64,8 @@ def items(text: str) -> list[tuple[str, str]]:
     return [item_key(part) for part in text.split(LIST_SEPARATOR)]
 
 
-class TableDomain:
+class TableDomain(RuleDomain):
     name = "table"
-
-    def __init__(self, *, format_rules: FormatRules, timeouts: Timeouts, table: RewardTable = TABLE) -> None:
-        self.table = table
-        self.format_rules = format_rules
-        self.timeouts = timeouts
-
-    async def score_batch(self, samples: Sequence[Sample]) -> list[Score]:
-        return [self.score_one(sample) for sample in samples]
 
     def score_one(self, sample: Sample) -> Score:
         reference = (sample.reference or "").strip()
@@ -92,9 +83,6 @@ class TableDomain:
         correct = Counter(want) == Counter(got)
         return Score.ok(self.table["correct" if correct else "wrong"], answer=found.text, correct=correct,
                         method=method, **components)
-
-    async def aclose(self) -> None:
-        return None
 
 
 spec = DomainSpec(
