@@ -14,9 +14,14 @@ from . import harness, report
 
 TASKS_PATH = Path(__file__).parent / "tasks"
 GROUP = "cgpo_seven"
+SIX_DOMAIN_GROUP = "cgpo_six_domain"
+GROUPS = {GROUP: report.TASKS, SIX_DOMAIN_GROUP: report.SIX_DOMAIN_TASKS}
 #: Backends that send raw text (no chat messages): no chat template unless asked for.
 TEXT_BACKENDS = frozenset({"local-completions", "mdreward-local-completions", "openai-completions"})
 JUDGED_TASKS = frozenset({"cgpo_writingbench"})
+#: Tasks scored by a domain from a plugin package: (domain, what to install).
+PLUGIN_DOMAINS = {"cgpo_zebra": ("logic", "mdreward-logic (pip install -e plugins/mdreward-logic)"),
+                  "cgpo_hitab": ("table", "mdreward-table (pip install -e plugins/mdreward-table)")}
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +29,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the lm-eval include path of the cgpo_* tasks and exit")
     parser.add_argument("--model", default="hf", help="any lm-eval backend: vllm, hf, local-chat-completions, ...")
     parser.add_argument("--model-args", default="", help="the backend's arguments, e.g. pretrained=PATH,dtype=bfloat16")
-    parser.add_argument("--tasks", default=GROUP, help=f"{GROUP} or a comma-separated list of {', '.join(report.TASKS)}")
+    parser.add_argument("--tasks", default=GROUP, help=f"{GROUP}, {SIX_DOMAIN_GROUP} or a comma-separated list of "
+                                                       f"{', '.join(report.SIX_DOMAIN_TASKS)}")
     parser.add_argument("--limit", type=float, help="first N items of each task (a fraction below 1)")
     parser.add_argument("--data-dir", help="read the benchmarks from this folder instead of the hub (docs/evaluation-data.md)")
     parser.add_argument("--judge-url", help="OpenAI-compatible endpoint serving WritingBench's critic model")
@@ -54,15 +60,28 @@ def expand_tasks(spec: str) -> list[str]:
     for name in (part.strip() for part in spec.split(",")):
         if not name:
             continue
-        if name == GROUP:
-            names += [t for t in report.TASKS if t not in names]
-        elif name in report.TASKS:
+        if name in GROUPS:
+            names += [t for t in GROUPS[name] if t not in names]
+        elif name in report.SIX_DOMAIN_TASKS:
             names += [name] if name not in names else []
         else:
-            raise ValueError(f"unknown task {name!r}; use {GROUP} or any of {', '.join(report.TASKS)}")
+            raise ValueError(f"unknown task {name!r}; use {GROUP}, {SIX_DOMAIN_GROUP} or any of "
+                             f"{', '.join(report.SIX_DOMAIN_TASKS)}")
     if not names:
         raise ValueError("no task given")
     return names
+
+
+def missing_plugins(tasks: list[str]) -> dict[str, str]:
+    """Why each task whose domain plugin is not installed cannot run (task -> error)."""
+    needed = [task for task in tasks if task in PLUGIN_DOMAINS]
+    if not needed:
+        return {}
+    from ..registry import load_domains
+
+    available = load_domains().names()
+    return {task: f"needs the '{PLUGIN_DOMAINS[task][0]}' domain: install {PLUGIN_DOMAINS[task][1]}; task not run"
+            for task in needed if PLUGIN_DOMAINS[task][0] not in available}
 
 
 def versions() -> dict[str, str]:
@@ -178,6 +197,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         for task in JUDGED_TASKS.intersection(tasks):
             skipped[task] = "needs WritingBench's critic: pass --judge-url (and --judge-model); task not run"
             print(f"error: {task} {skipped[task]}", file=sys.stderr)
+    for task, reason in missing_plugins(tasks).items():
+        skipped[task] = reason
+        print(f"error: {task} {reason}", file=sys.stderr)
     to_run = [t for t in tasks if t not in skipped]
     started = time.perf_counter()
     harness.TIMING.reset()

@@ -90,6 +90,10 @@ HUB: Mapping[str, HubSource] = {
     "writingbench": HubSource("json", "train", "ae2d5176449b7b769815482641d35926f26793eb", data_files=(
         "https://raw.githubusercontent.com/X-PLUG/WritingBench/ae2d5176449b7b769815482641d35926f26793eb/"
         "benchmark_query/benchmark_all.jsonl")),
+    # The six-domain experiment (Appendix F.2): Guru's filtered test files (Cheng et al., 2025).
+    "zebra": HubSource("LLM360/guru-RL-92k", "train", "main",
+                       data_files="offline_eval/logic__zebra_puzzle_dataset_200.parquet"),
+    "hitab": HubSource("LLM360/guru-RL-92k", "train", "main", data_files="offline_eval/table__hitab_300.parquet"),
 }
 
 #: The password of the official GPQA archive, as its README publishes it (not a secret: it only
@@ -172,6 +176,8 @@ def _hub_rows(name: str) -> tuple[list[dict[str, Any]], str]:
     kwargs: dict[str, Any] = {"split": source.split, "revision": source.revision}
     if source.data_files:
         kwargs = {"split": source.split, "data_files": source.data_files}
+        if source.path != "json":  # a file inside a hub dataset repository: pin the repository's revision
+            kwargs["revision"] = source.revision
     rows = load_dataset(source.path, source.config, **kwargs)
     return [dict(row) for row in rows], source.describe()
 
@@ -380,9 +386,122 @@ def load_writingbench(data_dir: Path | None = None) -> list[BenchmarkItem]:
     return items
 
 
+# -- the six-domain experiment's logic and tabular test sets (domains from plugins) -------------------
+
+#: Local copies of Guru's files: ``<data_dir>/guru/offline_eval/<name>.parquet`` (or ``.jsonl``).
+GURU_FILES = {"zebra": "guru/offline_eval/logic__zebra_puzzle_dataset_200",
+              "hitab": "guru/offline_eval/table__hitab_300"}
+#: The mdreward domain (from a plugin package) that scores each Guru benchmark.
+GURU_DOMAINS = {"zebra": "logic", "hitab": "table"}
+
+
+def _parquet(path: Path) -> list[dict[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise BenchmarkDataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from exc
+    try:
+        rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as exc:
+        raise BenchmarkDataError(f"{path}: not a readable parquet file: {exc}") from None
+    return rows
+
+
+def _guru_rows(name: str, data_dir: Path | None) -> tuple[list[dict[str, Any]], str]:
+    if data_dir is None:
+        return _hub_rows(name)
+    stem = data_dir / GURU_FILES[name]
+    for suffix, reader in ((".parquet", _parquet), (".jsonl", _jsonl)):
+        path = stem.with_name(stem.name + suffix)
+        if path.is_file():
+            return reader(path), str(path)
+    raise BenchmarkDataError(f"missing benchmark file {stem}.parquet (or {stem.name}.jsonl)")
+
+
+def guru_prompt(row: Mapping[str, Any], where: str) -> str:
+    """The user message of a Guru row (``prompt`` is a list of chat messages; the last user one is the question)."""
+    messages = _field(row, "prompt", where)
+    if isinstance(messages, str):
+        return messages
+    users = [m.get("content") for m in messages if isinstance(m, Mapping) and m.get("role") == "user"]
+    if not users or not isinstance(users[-1], str) or not users[-1].strip():
+        raise BenchmarkDataError(f"{where}: field 'prompt' has no user message")
+    return users[-1]
+
+
+def guru_ground_truth(row: Mapping[str, Any], where: str) -> Any:
+    """``reward_model.ground_truth`` (a JSON string in Guru's compressed variant is decoded)."""
+    reward_model = _field(row, "reward_model", where)
+    if isinstance(reward_model, str):
+        try:
+            reward_model = json.loads(reward_model)
+        except json.JSONDecodeError:
+            raise BenchmarkDataError(f"{where}: field 'reward_model' is not JSON") from None
+    if not isinstance(reward_model, Mapping):
+        raise BenchmarkDataError(f"{where}: field 'reward_model' must be an object")
+    return _field(reward_model, "ground_truth", f"{where} reward_model")
+
+
+def zebra_reference(truth: Any, where: str) -> str:
+    """The logic domain's Zebra reference: ``{"header": [...], "rows": [[...], ...]}`` as JSON."""
+    if isinstance(truth, str):
+        try:
+            truth = json.loads(truth)
+        except json.JSONDecodeError:
+            raise BenchmarkDataError(f"{where}: reward_model.ground_truth is not a JSON table") from None
+    header = truth.get("header") if isinstance(truth, Mapping) else None
+    rows = truth.get("rows") if isinstance(truth, Mapping) else None
+    if not (isinstance(header, list) and header and isinstance(rows, list) and rows
+            and all(isinstance(r, list) and len(r) == len(header) for r in rows)):
+        raise BenchmarkDataError(f"{where}: reward_model.ground_truth must be a table with 'header' and 'rows' "
+                                 "of the header's length")
+    return json.dumps({"header": header, "rows": rows})
+
+
+def hitab_reference(truth: Any, where: str) -> str:
+    """The table domain's reference: one answer, or several joined with ``|`` (HiTab's multi-cell answers)."""
+    answers = [truth] if isinstance(truth, (str, int, float)) and not isinstance(truth, bool) else truth
+    if not isinstance(answers, list) or not answers:
+        raise BenchmarkDataError(f"{where}: reward_model.ground_truth must be an answer or a list of answers")
+    texts = [number_text(a) if isinstance(a, (int, float)) else str(a).strip() for a in answers]
+    if any(not t or (len(texts) > 1 and "|" in t) for t in texts):
+        raise BenchmarkDataError(f"{where}: reward_model.ground_truth has an empty answer or an item with '|'")
+    return "|".join(texts)
+
+
+def _guru(name: str, reference_of: Callable[[Any, str], str], data_dir: Path | None) -> list[BenchmarkItem]:
+    rows, source = _guru_rows(name, data_dir)
+    items, seen = [], set()
+    for k, row in enumerate(rows):
+        extra = row.get("extra_info")
+        extra = extra if isinstance(extra, Mapping) else {}
+        native = str(extra["index"]) if extra.get("index") is not None else str(k)
+        where = f"{name} record {native!r}"
+        if native in seen:
+            raise BenchmarkDataError(f"{where}: extra_info.index repeats an earlier record")
+        seen.add(native)
+        reference = reference_of(guru_ground_truth(row, where), where)
+        items.append(BenchmarkItem(id=f"{name}/{native}", domain=GURU_DOMAINS[name], prompt=guru_prompt(row, where),
+                                   reference=reference, tests=None,
+                                   metadata={"benchmark": name, "source": source, "row": k,
+                                             "data_source": row.get("data_source")}))
+    return items
+
+
+def load_zebra(data_dir: Path | None = None) -> list[BenchmarkItem]:
+    """Guru's Zebra puzzle test file, every row in file order (scored by the ``logic`` plugin domain)."""
+    return _guru("zebra", zebra_reference, data_dir)
+
+
+def load_hitab(data_dir: Path | None = None) -> list[BenchmarkItem]:
+    """Guru's HiTab test file, every row in file order (scored by the ``table`` plugin domain)."""
+    return _guru("hitab", hitab_reference, data_dir)
+
+
 BENCHMARKS: Mapping[str, Callable[[Path | None], list[BenchmarkItem]]] = {
     "math500": load_math500, "amc23": load_amc23, "humaneval": load_humaneval, "mbpp": load_mbpp,
     "gpqa_diamond": load_gpqa_diamond, "supergpqa": load_supergpqa, "writingbench": load_writingbench,
+    "zebra": load_zebra, "hitab": load_hitab,
 }
 
 

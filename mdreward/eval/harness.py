@@ -9,8 +9,8 @@ The task files in ``mdreward/eval/tasks/`` point here (through ``tasks/utils.py`
   mdreward's ``Scorer`` (lm-eval's default ``take_first`` filter would keep one sample of four) and puts a
   ``SampleResult`` dict per repeat in the per-sample log;
 - ``process_results`` and the aggregations turn those into the benchmark score: the mean over all scored samples
-  of all documents, in percent (accuracy x 100; WritingBench's 1-10 critic mean x 10). Unscored samples
-  (sandbox or judge failure) are left out of the mean and counted in ``unscored``.
+  of all documents, in percent (accuracy x 100; Zebra's right-cell fraction x 100; WritingBench's 1-10 critic
+  mean x 10). Unscored samples (sandbox or judge failure) are left out of the mean and counted in ``unscored``.
 """
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ DEFAULT_MAX_GEN_TOKS = 8192
 FILTER_NAME = "mdreward"
 #: Domains whose score is a 1-10 critic mean (reported x10); every other domain reports accuracy x100.
 CRITIC_DOMAINS = frozenset({"writingbench"})
+#: Domains whose samples earn partial credit by cells (the logic plugin's Zebra tables): the sample's value is its
+#: fraction of right cells x 100, the reward Guru's validation averages (an ordering puzzle has no cells: 0 or 100).
+CELL_CREDIT_DOMAINS = frozenset({"logic"})
 SCORING_CHUNK = 256
 
 
@@ -152,6 +155,9 @@ def sample_value(domain: str, score: Score) -> float | None:
         return None
     if domain in CRITIC_DOMAINS:
         return 10.0 * score.reward
+    cells, right = score.components.get("cells"), score.components.get("cells_right")
+    if domain in CELL_CREDIT_DOMAINS and isinstance(cells, int) and cells > 0 and isinstance(right, int):
+        return 100.0 * right / cells
     return 100.0 if score.components.get("correct") is True else 0.0
 
 

@@ -10,7 +10,11 @@ from typing import Any
 TASKS = ("cgpo_math500", "cgpo_amc23", "cgpo_humaneval", "cgpo_mbpp", "cgpo_gpqa_diamond", "cgpo_supergpqa",
          "cgpo_writingbench")
 COLUMNS = ("MATH500", "AMC", "HumanEval", "MBPP", "GPQA-diamond", "SuperGPQA", "WritingBench")
-COLUMN_OF = dict(zip(TASKS, COLUMNS))
+#: The six-domain experiment (Appendix F.2) adds these; their domains come from the plugin packages.
+PLUGIN_TASKS = ("cgpo_zebra", "cgpo_hitab")
+SIX_DOMAIN_TASKS = TASKS + PLUGIN_TASKS
+SIX_DOMAIN_COLUMNS = COLUMNS + ("Zebra", "HiTab")
+COLUMN_OF = dict(zip(SIX_DOMAIN_TASKS, SIX_DOMAIN_COLUMNS))
 
 PAPER_CITATION = ("Published rows: Table 1 of the CGPO paper (models trained from Qwen2.5-3B-Instruct and "
                   "Qwen2.5-7B-Instruct; vLLM, 4 samples per query, temperature 0.6, top-p 0.95; WritingBench x10).")
@@ -27,6 +31,23 @@ PAPER_TABLE1: dict[tuple[str, str], tuple[float, ...]] = {
     ("Qwen2.5-7B-Instruct", "FAMO"): (75.65, 55.63, 82.54, 68.80, 23.07, 31.49, 63.62, 57.26),
     ("Qwen2.5-7B-Instruct", "CGPO"): (75.55, 59.38, 84.15, 72.00, 26.77, 32.75, 66.52, 59.59),
 }
+
+TABLE8_CITATION = ("Published rows: Table 8 of the CGPO paper (Appendix F.2, six-domain experiment: math, code, "
+                   "scientific QA, creative writing, logic, tabular; models trained from Qwen2.5-7B-Instruct).")
+#: Table 8 of the paper, as printed: (model, method) -> the nine scores and AVG, in ``SIX_DOMAIN_COLUMNS`` order.
+PAPER_TABLE8: dict[tuple[str, str], tuple[float, ...]] = {
+    ("Qwen2.5-7B-Instruct", "FAMO"): (75.30, 55.02, 82.93, 68.60, 22.64, 31.58, 63.09, 36.84, 68.71, 56.08),
+    ("Qwen2.5-7B-Instruct", "CGPO"): (74.90, 59.84, 83.88, 70.80, 26.91, 31.72, 65.08, 37.63, 69.57, 57.81),
+}
+
+
+def layout(summary: Mapping[str, Any]) -> tuple[str, tuple[str, ...], tuple[str, ...], dict[tuple[str, str],
+                                                tuple[float, ...]], str]:
+    """Title, tasks, columns, published rows and citation of the table a run belongs to: Table 8 when it ran
+    a six-domain task, else Table 1."""
+    if any(task in summary.get("tasks", {}) for task in PLUGIN_TASKS):
+        return "Table 8 (six domains)", SIX_DOMAIN_TASKS, SIX_DOMAIN_COLUMNS, PAPER_TABLE8, TABLE8_CITATION
+    return "Table 1", TASKS, COLUMNS, PAPER_TABLE1, PAPER_CITATION
 
 
 def _number(value: Any) -> float | None:
@@ -61,28 +82,29 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def run_row(label: str, summary: Mapping[str, Any]) -> list[str]:
+def run_row(label: str, summary: Mapping[str, Any], columns_of: Sequence[str] = TASKS) -> list[str]:
     tasks = summary.get("tasks", {})
-    cells = [_cell(_number(tasks.get(task, {}).get("score"))) for task in TASKS]
+    cells = [_cell(_number(tasks.get(task, {}).get("score"))) for task in columns_of]
     avg = _number(summary.get("avg"))
-    partial = len([t for t in TASKS if t in tasks]) < len(TASKS)
+    partial = len([t for t in columns_of if t in tasks]) < len(columns_of)
     return [label, *cells, _cell(avg) + (" (tasks run)" if partial and avg is not None else "")]
 
 
 def table_markdown(summary: Mapping[str, Any], compared: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> str:
-    header = ["run", *COLUMNS, "AVG"]
+    title, tasks, columns, published, citation = layout(summary)
+    header = ["run", *columns, "AVG"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    rows = [run_row("**this run**", summary), *(run_row(label, other) for label, other in compared)]
+    rows = [run_row("**this run**", summary, tasks), *(run_row(label, other, tasks) for label, other in compared)]
     rows += [[f"paper: {method} ({model.split('-')[1]})", *(f"{v:.2f}" for v in values)]
-             for (model, method), values in PAPER_TABLE1.items()]
+             for (model, method), values in published.items()]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     settings = summary.get("settings", {})
     notes = [f"This run: model `{settings.get('model')}` ({settings.get('model_args') or 'no model args'}), "
              f"{settings.get('samples')} samples per query, temperature {settings.get('temperature')}, "
              f"top-p {settings.get('top_p')}, max_gen_toks {settings.get('max_gen_toks')}"
              + (f", limit {settings['limit']:g} items per task" if settings.get("limit") else "") + ".",
-             "A '-' is a task not run or with no scored sample; AVG is over the tasks run.", PAPER_CITATION]
-    return "\n".join(["# Table 1", "", *lines, "", *notes, ""])
+             "A '-' is a task not run or with no scored sample; AVG is over the tasks run.", citation]
+    return "\n".join([f"# {title}", "", *lines, "", *notes, ""])
 
 
 def table_png(path: Path, summary: Mapping[str, Any], compared: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> bool:
@@ -94,21 +116,23 @@ def table_png(path: Path, summary: Mapping[str, Any], compared: Sequence[tuple[s
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    title, tasks, columns, published, _ = layout(summary)
     series: list[tuple[str, list[float]]] = []
     for label, run in [("this run", summary), *compared]:
-        tasks = run.get("tasks", {})
-        series.append((label, [_number(tasks.get(t, {}).get("score")) or 0.0 for t in TASKS]))
-    for key in (("Qwen2.5-7B-Instruct", "CGPO"), ("Qwen2.5-7B-Instruct", "Joint Learning")):
-        series.append((f"paper {key[1]} (7B)", list(PAPER_TABLE1[key][:len(TASKS)])))
+        scores = run.get("tasks", {})
+        series.append((label, [_number(scores.get(t, {}).get("score")) or 0.0 for t in tasks]))
+    baseline = "FAMO" if published is PAPER_TABLE8 else "Joint Learning"  # the paper's 7B baseline of that table
+    for method in ("CGPO", baseline):
+        series.append((f"paper {method} (7B)", list(published[("Qwen2.5-7B-Instruct", method)][:len(tasks)])))
     width = 0.8 / len(series)
     figure, axes = plt.subplots(figsize=(12, 4.5))
     for k, (label, values) in enumerate(series):
-        axes.bar([i + (k - (len(series) - 1) / 2) * width for i in range(len(TASKS))], values, width, label=label)
-    axes.set_xticks(range(len(TASKS)), COLUMNS)
+        axes.bar([i + (k - (len(series) - 1) / 2) * width for i in range(len(tasks))], values, width, label=label)
+    axes.set_xticks(range(len(tasks)), columns)
     axes.set_ylabel("score (%)")
     axes.set_ylim(0, 100)
     axes.legend(fontsize=8)
-    axes.set_title("CGPO Table 1 benchmarks")
+    axes.set_title(f"CGPO {title} benchmarks")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
