@@ -14,7 +14,8 @@ from mdreward.registry import DISABLE_AUTOLOAD_ENV
 
 ZEBRA_TABLES = [
     {"header": ["House", "Name", "Pet"], "rows": [["1", "Arnold", "cat"], ["2", "Eric", "dog"]]},
-    {"header": ["House", "Name", "Drink"], "rows": [["1", "Peter", "tea"], ["2", "Alice", "milk"], ["3", "Bob", "water"]]},
+    {"header": ["House", "Name", "Drink"],
+     "rows": [["1", "Peter", "tea"], ["2", "Alice", "milk"], ["3", "Bob", "water"]]},
 ]
 HITAB_ANSWERS = ["45.2", "ontario|quebec"]
 
@@ -175,7 +176,8 @@ def test_missing_plugin_is_a_clear_error_and_the_other_tasks_still_run(monkeypat
     assert "error: cgpo_zebra needs the 'logic' domain" in capsys.readouterr().err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["tasks"]["cgpo_math500"]["score"] == 50.0
-    assert summary["tasks"]["cgpo_hitab"]["score"] is None and "mdreward-table" in summary["tasks"]["cgpo_hitab"]["error"]
+    hitab = summary["tasks"]["cgpo_hitab"]
+    assert hitab["score"] is None and "mdreward-table" in hitab["error"]
 
 
 def test_table8_rows_as_printed():
@@ -183,11 +185,13 @@ def test_table8_rows_as_printed():
     table = report.table_markdown(summary)
     lines = table.splitlines()
     assert lines[0] == "# Table 8 (six domains)"
-    assert "| run | MATH500 | AMC | HumanEval | MBPP | GPQA-diamond | SuperGPQA | WritingBench | Zebra | HiTab | AVG |" in lines
+    assert ("| run | MATH500 | AMC | HumanEval | MBPP | GPQA-diamond | SuperGPQA | WritingBench | Zebra | HiTab | AVG |"
+            in lines)
     assert "| **this run** | - | - | - | - | - | - | - | 40.00 | 60.00 | 50.00 (tasks run) |" in lines
     assert ("| paper: CGPO (7B) | 74.90 | 59.84 | 83.88 | 70.80 | 26.91 | 31.72 | 65.08 | 37.63 | 69.57 | 57.81 |"
             in lines)
-    assert "| paper: FAMO (7B) | 75.30 | 55.02 | 82.93 | 68.60 | 22.64 | 31.58 | 63.09 | 36.84 | 68.71 | 56.08 |" in lines
+    assert ("| paper: FAMO (7B) | 75.30 | 55.02 | 82.93 | 68.60 | 22.64 | 31.58 | 63.09 | 36.84 | 68.71 | 56.08 |"
+            in lines)
     assert "Table 8 of the CGPO paper" in table
     for values in report.PAPER_TABLE8.values():  # AVG as printed is the plain mean of the nine
         assert sum(values[:-1]) / 9 == pytest.approx(values[-1], abs=0.005)
