@@ -1,4 +1,4 @@
-"""The CGPO paper's seven benchmarks as ready-to-score items.
+"""The CGPO paper's seven benchmarks (Table 1), plus Zebra and HiTab (Table 8), as ready-to-score items.
 
 ``load_benchmark(name, data_dir=None)`` returns a list of items, one per question, in a fixed
 order. Each item is a plain dict (JSON-serializable) -- an mdreward ``Sample`` minus the response:
@@ -7,10 +7,12 @@ order. Each item is a plain dict (JSON-serializable) -- an mdreward ``Sample`` m
   (``math500/test/precalculus/807.json``, ``amc23/0``, ``humaneval/HumanEval/0``, ``mbpp/11``,
   ``gpqa_diamond/rec06pnAkLOr2t2mp``, ``supergpqa/<uuid>``, ``writingbench/<index>``).
 - ``domain`` (str): the mdreward domain that scores it: ``math`` (MATH500, AMC23), ``code``
-  (HumanEval, MBPP), ``choice`` (GPQA-diamond, SuperGPQA), ``writingbench`` (WritingBench).
+  (HumanEval, MBPP), ``choice`` (GPQA-diamond, SuperGPQA), ``writingbench`` (WritingBench); from plugin
+  packages: ``logic`` (Zebra, ``zebra/<extra_info.index>``), ``table`` (HiTab, ``hitab/<extra_info.index>``).
 - ``prompt`` (str): the user message, exactly as the model is asked (see ``*_PROMPT`` below).
 - ``reference`` (str | None): math: the gold answer (LaTeX; AMC floats written as integers when
-  whole, ``27.0`` -> ``"27"``); choice: the correct letter; code and writingbench: None.
+  whole, ``27.0`` -> ``"27"``); choice: the correct letter; code and writingbench: None; Zebra: the
+  ``{"header", "rows"}`` table as JSON; HiTab: the answer, or answers joined with ``|``.
 - ``tests`` (dict | None): code only, the code domain's assert form (docs/code.md):
   HumanEval ``{"assert": test, "entry_point": ep, "setup": prompt, "prefix": prompt}`` (one test,
   ``check(ep)``; ``prefix`` completes a body-only answer); MBPP
@@ -31,7 +33,9 @@ memory), ``supergpqa/SuperGPQA-all.jsonl`` (the published file) and ``writingben
 ``WRITINGBENCH_FILES``). Decisions (docs/evaluation-data.md): MBPP is the test split, task_ids
 11-510 (500 problems); GPQA options are ordered by a per-question permutation seeded with
 SHA-256 of the record id; SuperGPQA and WritingBench take 200 items with the Guru recipe
-(``random.seed(42)``, shuffle the indices, first 200) over the file order.
+(``random.seed(42)``, shuffle the indices, first 200) over the file order. Zebra and HiTab are Guru's
+(``LLM360/guru-RL-92k``) test files, every row in file order; locally ``guru/offline_eval/<file>.parquet`` or
+``.jsonl`` (``GURU_FILES``).
 """
 from __future__ import annotations
 
