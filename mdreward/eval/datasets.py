@@ -95,7 +95,7 @@ HUB: Mapping[str, HubSource] = {
         "https://raw.githubusercontent.com/X-PLUG/WritingBench/ae2d5176449b7b769815482641d35926f26793eb/"
         "benchmark_query/benchmark_all.jsonl")),
     # The six-domain experiment (Appendix F.2): Guru's filtered test files (Cheng et al., 2025).
-    "zebra": HubSource("LLM360/guru-RL-92k", "train", "main",
+    "zebra": HubSource("LLM360/guru-RL-92k", "train", "99b6793c4e57ad1bf4fecf737c098b8b7b50610b",
                        data_files="offline_eval/logic__zebra_puzzle_dataset_200.parquet"),
     "hitab": HubSource("LLM360/guru-RL-92k", "train", "main", data_files="offline_eval/table__hitab_300.parquet"),
 }
