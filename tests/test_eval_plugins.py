@@ -196,3 +196,24 @@ def test_table8_rows_as_printed():
     for values in report.PAPER_TABLE8.values():  # AVG as printed is the plain mean of the nine
         assert sum(values[:-1]) / 9 == pytest.approx(values[-1], abs=0.005)
     assert report.table_markdown({"tasks": {"cgpo_math500": {"score": 1.0}}, "settings": {}}).startswith("# Table 1")
+
+
+def test_hub_default_asks_for_the_pinned_guru_files(monkeypatch):
+    """Without data_dir the loaders ask the hub for Guru's file at the pinned revision (no network here: the
+    ``datasets`` call is recorded and answered with fixture rows)."""
+    datasets = pytest.importorskip("datasets")
+    calls: list[tuple[Any, ...]] = []
+
+    def load_dataset(path: str, config: Any = None, **kwargs: Any) -> list[dict[str, Any]]:
+        calls.append((path, config, kwargs))
+        return zebra_rows() if "zebra" in kwargs["data_files"] else hitab_rows()
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    zebra, hitab = load_benchmark("zebra"), load_benchmark("hitab")
+    assert calls == [
+        ("LLM360/guru-RL-92k", None, {"split": "train", "revision": "99b6793c4e57ad1bf4fecf737c098b8b7b50610b",
+                                      "data_files": "offline_eval/logic__zebra_puzzle_dataset_200.parquet"}),
+        ("LLM360/guru-RL-92k", None, {"split": "train", "revision": "main",
+                                      "data_files": "offline_eval/table__hitab_300.parquet"})]
+    assert zebra[0]["metadata"]["source"].startswith("hub:LLM360/guru-RL-92k@99b6793c")
+    assert [item["reference"] for item in hitab] == HITAB_ANSWERS
