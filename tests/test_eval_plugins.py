@@ -215,5 +215,6 @@ def test_hub_default_asks_for_the_pinned_guru_files(monkeypatch):
                                       "data_files": "offline_eval/logic__zebra_puzzle_dataset_200.parquet"}),
         ("LLM360/guru-RL-92k", None, {"split": "train", "revision": "main",
                                       "data_files": "offline_eval/table__hitab_300.parquet"})]
-    assert zebra[0]["metadata"]["source"].startswith("hub:LLM360/guru-RL-92k@99b6793c")
+    assert zebra[0]["metadata"]["source"] == ("hub:LLM360/guru-RL-92k@99b6793c4e57ad1bf4fecf737c098b8b7b50610b "
+                                              "offline_eval/logic__zebra_puzzle_dataset_200.parquet (train)")
     assert [item["reference"] for item in hitab] == HITAB_ANSWERS

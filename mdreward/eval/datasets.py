@@ -79,7 +79,8 @@ class HubSource:
     data_files: str | None = None
 
     def describe(self) -> str:
-        return f"hub:{self.path}{'/' + self.config if self.config else ''}@{self.revision} ({self.split})"
+        where = f" {self.data_files}" if self.data_files and self.path != "json" else ""
+        return f"hub:{self.path}{'/' + self.config if self.config else ''}@{self.revision}{where} ({self.split})"
 
 
 #: Pinned hub sources. Revisions are commit hashes where one could be verified offline; ``main``
