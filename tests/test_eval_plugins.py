@@ -180,7 +180,7 @@ def test_missing_plugin_is_a_clear_error_and_the_other_tasks_still_run(monkeypat
     assert hitab["score"] is None and "mdreward-table" in hitab["error"]
 
 
-def test_table8_rows_as_printed():
+def test_table8_rows_as_printed(tmp_path):
     summary = {"tasks": {"cgpo_zebra": {"score": 40.0}, "cgpo_hitab": {"score": 60.0}}, "avg": 50.0, "settings": {}}
     table = report.table_markdown(summary)
     lines = table.splitlines()
@@ -196,6 +196,8 @@ def test_table8_rows_as_printed():
     for values in report.PAPER_TABLE8.values():  # AVG as printed is the plain mean of the nine
         assert sum(values[:-1]) / 9 == pytest.approx(values[-1], abs=0.005)
     assert report.table_markdown({"tasks": {"cgpo_math500": {"score": 1.0}}, "settings": {}}).startswith("# Table 1")
+    pytest.importorskip("matplotlib")
+    assert report.table_png(tmp_path / "table.png", summary) and (tmp_path / "table.png").stat().st_size > 0
 
 
 def test_hub_default_asks_for_the_pinned_guru_files(monkeypatch):

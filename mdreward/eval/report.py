@@ -5,7 +5,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 TASKS = ("cgpo_math500", "cgpo_amc23", "cgpo_humaneval", "cgpo_mbpp", "cgpo_gpqa_diamond", "cgpo_supergpqa",
          "cgpo_writingbench")
@@ -41,13 +41,25 @@ PAPER_TABLE8: dict[tuple[str, str], tuple[float, ...]] = {
 }
 
 
-def layout(summary: Mapping[str, Any]) -> tuple[str, tuple[str, ...], tuple[str, ...], dict[tuple[str, str],
-                                                tuple[float, ...]], str]:
-    """Title, tasks, columns, published rows and citation of the table a run belongs to: Table 8 when it ran
-    a six-domain task, else Table 1."""
-    if any(task in summary.get("tasks", {}) for task in PLUGIN_TASKS):
-        return "Table 8 (six domains)", SIX_DOMAIN_TASKS, SIX_DOMAIN_COLUMNS, PAPER_TABLE8, TABLE8_CITATION
-    return "Table 1", TASKS, COLUMNS, PAPER_TABLE1, PAPER_CITATION
+class PaperTable(NamedTuple):
+    """One of the paper's tables: its title, task order, column names, published rows and citation."""
+
+    title: str
+    tasks: tuple[str, ...]
+    columns: tuple[str, ...]
+    published: dict[tuple[str, str], tuple[float, ...]]
+    citation: str
+    baseline: str  # the 7B baseline drawn beside CGPO in table.png
+
+
+TABLE1 = PaperTable("Table 1", TASKS, COLUMNS, PAPER_TABLE1, PAPER_CITATION, "Joint Learning")
+TABLE8 = PaperTable("Table 8 (six domains)", SIX_DOMAIN_TASKS, SIX_DOMAIN_COLUMNS, PAPER_TABLE8, TABLE8_CITATION,
+                    "FAMO")
+
+
+def layout(summary: Mapping[str, Any]) -> PaperTable:
+    """The table a run belongs to: Table 8 when it ran a six-domain task, else Table 1."""
+    return TABLE8 if any(task in summary.get("tasks", {}) for task in PLUGIN_TASKS) else TABLE1
 
 
 def _number(value: Any) -> float | None:
@@ -82,29 +94,30 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def run_row(label: str, summary: Mapping[str, Any], columns_of: Sequence[str] = TASKS) -> list[str]:
+def run_row(label: str, summary: Mapping[str, Any], task_order: Sequence[str] = TASKS) -> list[str]:
     tasks = summary.get("tasks", {})
-    cells = [_cell(_number(tasks.get(task, {}).get("score"))) for task in columns_of]
+    cells = [_cell(_number(tasks.get(task, {}).get("score"))) for task in task_order]
     avg = _number(summary.get("avg"))
-    partial = len([t for t in columns_of if t in tasks]) < len(columns_of)
+    partial = len([t for t in task_order if t in tasks]) < len(task_order)
     return [label, *cells, _cell(avg) + (" (tasks run)" if partial and avg is not None else "")]
 
 
 def table_markdown(summary: Mapping[str, Any], compared: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> str:
-    title, tasks, columns, published, citation = layout(summary)
-    header = ["run", *columns, "AVG"]
+    table = layout(summary)
+    header = ["run", *table.columns, "AVG"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    rows = [run_row("**this run**", summary, tasks), *(run_row(label, other, tasks) for label, other in compared)]
+    rows = [run_row("**this run**", summary, table.tasks),
+            *(run_row(label, other, table.tasks) for label, other in compared)]
     rows += [[f"paper: {method} ({model.split('-')[1]})", *(f"{v:.2f}" for v in values)]
-             for (model, method), values in published.items()]
+             for (model, method), values in table.published.items()]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     settings = summary.get("settings", {})
     notes = [f"This run: model `{settings.get('model')}` ({settings.get('model_args') or 'no model args'}), "
              f"{settings.get('samples')} samples per query, temperature {settings.get('temperature')}, "
              f"top-p {settings.get('top_p')}, max_gen_toks {settings.get('max_gen_toks')}"
              + (f", limit {settings['limit']:g} items per task" if settings.get("limit") else "") + ".",
-             "A '-' is a task not run or with no scored sample; AVG is over the tasks run.", citation]
-    return "\n".join([f"# {title}", "", *lines, "", *notes, ""])
+             "A '-' is a task not run or with no scored sample; AVG is over the tasks run.", table.citation]
+    return "\n".join([f"# {table.title}", "", *lines, "", *notes, ""])
 
 
 def table_png(path: Path, summary: Mapping[str, Any], compared: Sequence[tuple[str, Mapping[str, Any]]] = ()) -> bool:
@@ -116,23 +129,23 @@ def table_png(path: Path, summary: Mapping[str, Any], compared: Sequence[tuple[s
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    title, tasks, columns, published, _ = layout(summary)
+    table = layout(summary)
+    tasks = table.tasks
     series: list[tuple[str, list[float]]] = []
     for label, run in [("this run", summary), *compared]:
         scores = run.get("tasks", {})
         series.append((label, [_number(scores.get(t, {}).get("score")) or 0.0 for t in tasks]))
-    baseline = "FAMO" if published is PAPER_TABLE8 else "Joint Learning"  # the paper's 7B baseline of that table
-    for method in ("CGPO", baseline):
-        series.append((f"paper {method} (7B)", list(published[("Qwen2.5-7B-Instruct", method)][:len(tasks)])))
+    for method in ("CGPO", table.baseline):
+        series.append((f"paper {method} (7B)", list(table.published[("Qwen2.5-7B-Instruct", method)][:len(tasks)])))
     width = 0.8 / len(series)
     figure, axes = plt.subplots(figsize=(12, 4.5))
     for k, (label, values) in enumerate(series):
         axes.bar([i + (k - (len(series) - 1) / 2) * width for i in range(len(tasks))], values, width, label=label)
-    axes.set_xticks(range(len(tasks)), columns)
+    axes.set_xticks(range(len(tasks)), table.columns)
     axes.set_ylabel("score (%)")
     axes.set_ylim(0, 100)
     axes.legend(fontsize=8)
-    axes.set_title(f"CGPO {title} benchmarks")
+    axes.set_title(f"CGPO {table.title} benchmarks")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
