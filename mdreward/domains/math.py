@@ -17,7 +17,7 @@ from ..registry import DomainSpec
 from ..runtime import KillablePool, LRUCache, TaskTimedOut, WorkerCrashed
 from ..timeouts import Timeouts
 from ..types import FormatRules, RewardTable, Sample, Score
-from .math_numeric import certainly_different
+from .math_numeric import SPACED_DIGITS, certainly_different, terminates
 
 TABLE = RewardTable({"correct": 1.0, "wrong": -0.5, "format_error": -1.0})
 
@@ -32,7 +32,6 @@ _FRACTION = re.compile(r"^([+-])?\\d?frac\{([+-]?\d+)\}\{([+-]?\d+)\}$|^([+-]?\d
 #: a spacing command (a space); one token at a time, so ``\\ `` keeps both backslashes.
 _SPACING_OR_ROW_BREAK = re.compile(r"\\\\|\\!\s*|\\[,;: ]")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|textrm|textnormal|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_SPACED_DIGITS = re.compile(r"\d\s+\d")
 _DIGIT_GROUPS = re.compile(r"^[+-]?\d{1,3}(?:\s\d{3})+(?:\.\d+)?$")
 _SPACES_NOT_BETWEEN_WORDS = re.compile(r"\s+(?![A-Za-z0-9])|(?<![A-Za-z0-9])\s+")
 _WORDS = re.compile(r"[A-Za-z]+(?:[ '-][A-Za-z]+)*")
@@ -97,7 +96,7 @@ def exact_number(text: str) -> Fraction | None:
     text = text.replace("{,}", "").strip()
     wrapped = _TEXT_WRAPPER.fullmatch(text)
     text = wrapped.group(1).strip() if wrapped else text
-    if _SPACED_DIGITS.search(text) and not _DIGIT_GROUPS.match(text):
+    if SPACED_DIGITS.search(text) and not _DIGIT_GROUPS.match(text):
         return None  # "5 6" is two numbers; "10 000" is one
     compact = text.replace(" ", "")
     if _NUMBER.match(compact):
@@ -111,14 +110,6 @@ def exact_number(text: str) -> Fraction | None:
         value = Fraction(int(num), int(den))
         return -value if sign == "-" else value
     return None
-
-
-def _terminates(value: Fraction) -> bool:
-    den = value.denominator
-    for p in (2, 5):
-        while den % p == 0:
-            den //= p
-    return den == 1
 
 
 def fast_equivalence(answer: str, reference: str) -> dict[str, Any] | None:
@@ -137,7 +128,7 @@ def fast_equivalence(answer: str, reference: str) -> dict[str, Any] | None:
     if a == r:
         return {"equivalent": True, "method": "exact"}
     written_as_decimal = "." in answer
-    if written_as_decimal and not _terminates(r):
+    if written_as_decimal and not terminates(r.denominator):
         return None  # e.g. 4.6666667 for 14/3: Math-Verify's rounding rules decide
     return {"equivalent": False, "method": "exact"}
 

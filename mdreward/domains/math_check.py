@@ -20,6 +20,8 @@ import sympy
 from math_verify import parse, verify
 from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig
 
+from .math_numeric import SPACED_DIGITS, terminates
+
 _LATEX = [LatexExtractionConfig()]
 _EXPR = [ExprExtractionConfig()]
 _RELATIVE_TOLERANCE = 5e-6  # for decimals written by the model against irrational golds
@@ -33,7 +35,6 @@ _SUBSCRIPT = re.compile(r"_\{[^{}]*\}|_\\?\w")
 _CALL_ARGUMENTS = re.compile(r"(?<=[A-Za-z])\([^()]*\)")
 _NOT_A_LABEL = re.compile(r"[\d+\-^*]|\\cdot|\\times")
 _SPACED_THOUSANDS = re.compile(r"(?<![\d.])\d{1,3}(?:\s+\d{3})+(?![\d.])")
-_SPACED_NUMBERS = re.compile(r"\d\s+\d")
 _APPROX = re.compile(r"\\approx(?![A-Za-z])")
 _PERCENT = re.compile(r"\\?%|\\text\{\s*(?:percent(?:age)?|pct)\s*\}|percent(?:age)?|pct")
 
@@ -80,7 +81,7 @@ def _parsed(text: str, timeout_s: float) -> tuple[Any, ...]:
     or the last number by its expression extractor): ``7 \\to 5`` would become ``5``. Here a part
     never stands for the whole.
     """
-    if _SPACED_NUMBERS.search(text):
+    if SPACED_DIGITS.search(text):
         return ()  # "5 6" is two numbers (Math-Verify adds them)
     budget = max(1, int(timeout_s))
     result = parse(f"${text}$", extraction_config=_LATEX, parsing_timeout=budget)
@@ -140,11 +141,7 @@ def _terminating_decimal(value: sympy.Expr, other: sympy.Expr) -> sympy.Expr:
     expansion (``1.0000001`` is not ``1``); against ``\\frac{14}{3}`` it stays a rounded value."""
     if not (value.is_Float and other.is_Rational):
         return value
-    denominator = int(other.q)
-    for prime in (2, 5):
-        while denominator % prime == 0:
-            denominator //= prime
-    return sympy.Rational(str(value)) if denominator == 1 else value
+    return sympy.Rational(str(value)) if terminates(int(other.q)) else value
 
 
 def _exactly_equal_numbers(gold: sympy.Expr, pred: sympy.Expr, written_as_decimal: bool) -> bool | None:

@@ -124,6 +124,18 @@ class _Reader:
         raise _Unreadable(f"unexpected {token!r}")
 
 
+#: Two digits with only spaces between them: side-by-side numbers, never one value (unless digit groups).
+SPACED_DIGITS = re.compile(r"\d\s+\d")
+
+
+def terminates(denominator: int) -> bool:
+    """Whether a fraction with this denominator has a finite decimal expansion (only 2s and 5s)."""
+    for prime in (2, 5):
+        while denominator % prime == 0:
+            denominator //= prime
+    return denominator == 1
+
+
 def _divide(numerator: complex, denominator: complex) -> complex:
     if denominator == 0:
         raise _Unreadable("division by zero")
