@@ -28,6 +28,7 @@ _RELATIVE_TOLERANCE = 5e-6  # for decimals written by the model against irration
 _IRRATIONAL_TOLERANCE = 1e-12
 _SAMPLE_OFFSETS = (0.5772156649, 1.6180339887)  # points where to evaluate expressions with variables
 _MAX_SET_PAIRS = 4096  # exact matching of two sets compares every pair; larger sets keep Math-Verify's verdict
+_MAX_EXACT_EXPONENT = 10_000  # larger integer powers are compared numerically (50 digits)
 _TOP_LEVEL_EQUALS = re.compile(r"(?<![\\<>!])=(?!=)")
 _REPEATING_DECIMAL = re.compile(r"(?<![\d.])(\d*)\.(\d*)\\overline\s*\{(\d+)\}")
 _TEXT_WITH_DIGITS = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{([^{}]*\d[^{}]*)\}")
@@ -144,9 +145,21 @@ def _terminating_decimal(value: sympy.Expr, other: sympy.Expr) -> sympy.Expr:
     return sympy.Rational(str(value)) if terminates(int(other.q)) else value
 
 
+def _exact_rational(value: sympy.Expr) -> sympy.Expr:
+    """An unevaluated rational expression (``\\frac{1}{2^{98}} + 3`` as parsed) as the one Rational it equals, when
+    that is cheap (integer powers up to ``_MAX_EXACT_EXPONENT``); anything else unchanged."""
+    if value.is_Rational or value.has(sympy.Float) or value.is_rational is not True:
+        return value
+    if any(abs(int(power.exp)) > _MAX_EXACT_EXPONENT for power in value.atoms(sympy.Pow) if power.exp.is_Integer):
+        return value
+    exact = value.doit()
+    return exact if exact.is_Rational else value
+
+
 def _exactly_equal_numbers(gold: sympy.Expr, pred: sympy.Expr, written_as_decimal: bool) -> bool | None:
     """Exact comparison of two numbers; None when either is not a real number."""
     gold, pred = _terminating_decimal(gold, pred), _terminating_decimal(pred, gold)
+    gold, pred = _exact_rational(gold), _exact_rational(pred)
     if gold.is_Rational and pred.is_Rational:
         return bool(gold == pred)
     g, p = sympy.N(gold, 50), sympy.N(pred, 50)
