@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from .records import RecordError, json_line, parse_line, sample_from_record, scored_record, without_surrogates
 from .scoring import Scorer
@@ -34,7 +34,7 @@ class DomainSummary:
         if reward is not None:
             self.scored += 1
             self.reward_sum += reward
-        correct = components.get("correct") if isinstance(components, dict) else None
+        correct = components.get("correct") if isinstance(components, Mapping) else None
         if isinstance(correct, bool):
             self.marked += 1
             self.correct += correct
@@ -179,7 +179,7 @@ def score_file(scorer: Scorer, input_path: Path, output_path: Path, *, resume: b
                 text = []
                 for record, score, source in zip(records, scores, chunk):
                     text.append(json_line({**scored_record(record, score), FINGERPRINT_FIELD: fingerprint(source)}))
-                    summary.add(_domain_of(record, scorer), score.reward, score.status.value, dict(score.components))
+                    summary.add(_domain_of(record, scorer), score.reward, score.status.value, score.components)
                 out.write("".join(text).encode("utf-8"))
                 out.flush()
                 committed = out.tell()
