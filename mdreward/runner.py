@@ -7,7 +7,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator, Mapping
 
 from .records import RecordError, json_line, parse_line, sample_from_record, scored_record, without_surrogates
 from .scoring import Scorer
@@ -34,7 +34,7 @@ class DomainSummary:
         if reward is not None:
             self.scored += 1
             self.reward_sum += reward
-        correct = components.get("correct") if isinstance(components, dict) else None
+        correct = components.get("correct") if isinstance(components, Mapping) else None
         if isinstance(correct, bool):
             self.marked += 1
             self.correct += correct
@@ -77,11 +77,10 @@ class RunSummary:
         rows = []
         for name in sorted(self.domains):
             d = self.domains[name]
-            share = _shares(d)
             mean = f"{d.mean_reward:+.3f}" if d.mean_reward is not None else "-"
             accuracy = f"{100 * d.accuracy:.1f}%" if d.accuracy is not None else "-"
-            rows.append((name, str(d.records), mean, accuracy, share("ok"), share("format_error"), share("error"),
-                         f"{d.wall_s:.2f}"))
+            rows.append((name, str(d.records), mean, accuracy, _share(d, "ok"), _share(d, "format_error"),
+                         _share(d, "error"), f"{d.wall_s:.2f}"))
         total = sum(d.records for d in self.domains.values())
         rows.append(("total", str(total), "", "", "", "", "", f"{self.wall_s:.2f}"))
         widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
@@ -93,8 +92,8 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _shares(d: DomainSummary) -> Callable[[str], str]:
-    return lambda status: f"{100 * d.by_status.get(status, 0) / d.records:.1f}%"
+def _share(d: DomainSummary, status: str) -> str:
+    return f"{100 * d.by_status.get(status, 0) / d.records:.1f}%"
 
 
 class ResumeMismatch(RuntimeError):
@@ -179,7 +178,7 @@ def score_file(scorer: Scorer, input_path: Path, output_path: Path, *, resume: b
                 text = []
                 for record, score, source in zip(records, scores, chunk):
                     text.append(json_line({**scored_record(record, score), FINGERPRINT_FIELD: fingerprint(source)}))
-                    summary.add(_domain_of(record, scorer), score.reward, score.status.value, dict(score.components))
+                    summary.add(_domain_of(record, scorer), score.reward, score.status.value, score.components)
                 out.write("".join(text).encode("utf-8"))
                 out.flush()
                 committed = out.tell()

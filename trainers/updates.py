@@ -90,14 +90,15 @@ def shares(batches: Sequence[DomainBatch], objective: Objective, share_by: Share
     """Each domain's share of the mini-batch: of its samples (default), units (tokens or sequences),
     or micro-batches."""
     check_share_by(share_by)
+    units = [domain_units(b, objective) for b in batches]
     if share_by == "samples":
         counts = {b.name: float(sum(objective.samples(mb) for mb in b.micro_batches)) for b in batches}
     elif share_by == "units":
-        counts = {b.name: domain_units(b, objective) for b in batches}
+        counts = {b.name: u for b, u in zip(batches, units)}
     else:
         counts = {b.name: float(len(b.micro_batches)) for b in batches}
     total = sum(counts.values())
-    if total <= 0 or any(domain_units(b, objective) <= 0 for b in batches):
+    if total <= 0 or any(u <= 0 for u in units):
         raise ValueError("the mini-batch has a domain with no units to train on (empty responses?)")
     return {name: c / total for name, c in counts.items()}
 
