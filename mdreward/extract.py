@@ -237,6 +237,8 @@ class ChoiceAnswer:
         return len(set(self.candidates)) > 1
 
 
+#: The option letters a multiple-choice question can use, in order (at most ten options).
+OPTION_LETTERS = "ABCDEFGHIJ"
 _OPTION_MARK = "\x00option\x00"
 _LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|textit)\s*\{([^{}]*)\}")
 _LETTER_ALONE = re.compile(r"^[(\[]?([A-Za-z])[)\]]?[.:)]?$")
@@ -301,7 +303,7 @@ def _phrase_letters(phrase: str) -> tuple[str, ...]:
 
 
 def choice_letter(after_think: str, options: Sequence[str] = (),
-                  letters: str = "ABCDEFGHIJ") -> ChoiceAnswer | FormatViolation:
+                  letters: str = OPTION_LETTERS) -> ChoiceAnswer | FormatViolation:
     r"""The option letter of a multiple-choice answer, by one rule (docs/choice.md).
 
     First every occurrence of an option's text is blanked, so text quoted from the options is never
