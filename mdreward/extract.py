@@ -344,12 +344,21 @@ def choice_letter(after_think: str, options: Sequence[str] = (),
     return FormatViolation("no option letter in the answer (no \\boxed{X}, no 'Answer: X', no letter on the last line)")
 
 
-def _defines_function(code: str, name: str) -> bool:
+def parse_python(code: str) -> ast.Module | str:
+    """``code`` parsed (its warnings, e.g. invalid escapes, are the candidate's business), or why it does not parse."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return ast.parse(code)
+    except SyntaxError as exc:
+        return f"the code does not parse: {exc.msg} (line {exc.lineno})"
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return f"the code does not parse: {type(exc).__name__}"
+
+
+def _defines_function(code: str, name: str) -> bool:
+    module = parse_python(code)
+    if isinstance(module, str):
         return False
     return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name for node in module.body)
 
