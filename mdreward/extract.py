@@ -237,6 +237,8 @@ class ChoiceAnswer:
         return len(set(self.candidates)) > 1
 
 
+#: The option letters a multiple-choice question can use, in order (at most ten options).
+OPTION_LETTERS = "ABCDEFGHIJ"
 _OPTION_MARK = "\x00option\x00"
 _LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|textit)\s*\{([^{}]*)\}")
 _LETTER_ALONE = re.compile(r"^[(\[]?([A-Za-z])[)\]]?[.:)]?$")
@@ -301,7 +303,7 @@ def _phrase_letters(phrase: str) -> tuple[str, ...]:
 
 
 def choice_letter(after_think: str, options: Sequence[str] = (),
-                  letters: str = "ABCDEFGHIJ") -> ChoiceAnswer | FormatViolation:
+                  letters: str = OPTION_LETTERS) -> ChoiceAnswer | FormatViolation:
     r"""The option letter of a multiple-choice answer, by one rule (docs/choice.md).
 
     First every occurrence of an option's text is blanked, so text quoted from the options is never
@@ -342,12 +344,21 @@ def choice_letter(after_think: str, options: Sequence[str] = (),
     return FormatViolation("no option letter in the answer (no \\boxed{X}, no 'Answer: X', no letter on the last line)")
 
 
-def _defines_function(code: str, name: str) -> bool:
+def parse_python(code: str) -> ast.Module | str:
+    """``code`` parsed (its warnings, e.g. invalid escapes, are the candidate's business), or why it does not parse."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = ast.parse(code)
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return ast.parse(code)
+    except SyntaxError as exc:
+        return f"the code does not parse: {exc.msg} (line {exc.lineno})"
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return f"the code does not parse: {type(exc).__name__}"
+
+
+def _defines_function(code: str, name: str) -> bool:
+    module = parse_python(code)
+    if isinstance(module, str):
         return False
     return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name for node in module.body)
 

@@ -15,12 +15,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..extract import OPTION_LETTERS as LETTERS
 from ..extract import FormatViolation, choice_letter, split_think
 from ..registry import DomainSpec, RuleDomain
 from ..types import RewardTable, Sample, Score
 
 TABLE = RewardTable({"correct": 1.0, "wrong": 0.0, "format_error": -1.0})
-LETTERS = "ABCDEFGHIJ"
 _REFERENCE = re.compile(r"^\(?\s*([A-Ja-j])\s*\)?\.?$")
 
 

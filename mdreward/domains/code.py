@@ -16,10 +16,9 @@ import dataclasses
 import json
 import math
 import os
-import warnings
 from typing import Any, Mapping, Sequence
 
-from ..extract import FormatViolation, complete_function, last_code_block, split_think
+from ..extract import FormatViolation, complete_function, last_code_block, parse_python, split_think
 from ..registry import DomainSpec, DomainUnavailable
 from ..sandbox import (AssertJob, Job, LocalSandbox, RunResult, Sandbox, SandboxError, SandboxLimits,
                        SandboxUnavailable, StdioCase, StdioJob, TestStep)
@@ -131,15 +130,8 @@ def job_for(tests: Mapping[str, Any] | None, code: str, *, stop_first: bool) -> 
 
 
 def _syntax_problem(code: str) -> str | None:
-    try:
-        with warnings.catch_warnings():  # invalid escapes etc. are the candidate's business
-            warnings.simplefilter("ignore")
-            ast.parse(code)
-    except SyntaxError as exc:
-        return f"the code does not parse: {exc.msg} (line {exc.lineno})"
-    except (ValueError, RecursionError, MemoryError) as exc:
-        return f"the code does not parse: {type(exc).__name__}"
-    return None
+    parsed = parse_python(code)
+    return parsed if isinstance(parsed, str) else None
 
 
 class CodeDomain:

@@ -40,11 +40,12 @@ def with_repeat_seeds(requests: list[Any], base_seed: int) -> list[Any]:
     seen: dict[tuple[Any, ...], int] = {}
     out = []
     for request in requests:
-        key = (request.task_name, request.doc_id, request.idx, _doc_key(request))
+        doc_key = _doc_key(request)
+        key = (request.task_name, request.doc_id, request.idx, doc_key)
         repeat = seen.get(key, 0)
         seen[key] = repeat + 1
         context, gen_kwargs = request.args[0], dict(request.args[1])
-        gen_kwargs["seed"] = repeat_seed(base_seed, _doc_key(request), repeat)
+        gen_kwargs["seed"] = repeat_seed(base_seed, doc_key, repeat)
         out.append(dataclasses.replace(request, arguments=(context, gen_kwargs, *request.args[2:])))
     return out
 

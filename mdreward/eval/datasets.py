@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
+from ..extract import OPTION_LETTERS as LETTERS
 from ..types import Sample
 
 
@@ -123,7 +124,6 @@ CHOICE_PROMPT = (
     "{question}\n\n{options}\n\n"
     "Reason step by step, then give only the letter of the correct option within \\boxed{{}}, e.g. \\boxed{{A}}."
 )
-LETTERS = "ABCDEFGHIJ"
 
 
 def sample_for(item: BenchmarkItem, response: str) -> Sample:
