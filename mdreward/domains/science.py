@@ -216,12 +216,11 @@ class ScienceDomain:
         if self.rule_only:
             return self._verdict_score(answer, reference, False, "rule_only_undecided")
         student, truth = escape_for_verifier(answer), escape_for_verifier(given_reference)
-        room = self._input_budget - self._count(truth)
-        if self._count(student) > room - min(self._count(sample.prompt or ""), 64):
+        room = self._input_budget - self._count(truth) - self._count(student)
+        if room < min(self._count(sample.prompt or ""), 64):
             return self._verdict_score(answer, reference, False, "answer_too_long",
                                        verdict_problem="the answer does not fit the verifier's context")
-        question, _ = clip_to_budget(escape_for_verifier(sample.prompt or ""), room - self._count(student),
-                                     self._count)
+        question, _ = clip_to_budget(escape_for_verifier(sample.prompt or ""), room, self._count)
         prompt = _fill(self.prompt_template, question=question, ground_truth=truth, student_answer=student)
         request = JudgeRequest.completion(prompt, max_tokens=self.max_judge_tokens, temperature=0.0)
         return answer, reference, request
