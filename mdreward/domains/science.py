@@ -166,7 +166,7 @@ class ScienceDomain:
 
     async def score_batch(self, samples: Sequence[Sample]) -> list[Score]:
         scores: list[Score | None] = [None] * len(samples)
-        asks: list[tuple[int, str, str, JudgeRequest]] = []
+        asks: list[tuple[int, str, str, list[str], JudgeRequest]] = []
         for i, sample in enumerate(samples):
             outcome = self._prejudge(sample)
             if isinstance(outcome, Score):
@@ -176,11 +176,12 @@ class ScienceDomain:
         if asks:
             assert self.judge is not None
             replies = await self.judge.generate([request for *_, request in asks])
-            for (i, answer, reference, _), reply in zip(asks, replies):
-                scores[i] = self._from_reply(samples[i], answer, reference, reply)
+            for (i, answer, reference, hits, _), reply in zip(asks, replies):
+                scores[i] = self._from_reply(samples[i], answer, reference, hits, reply)
         return [s for s in scores if s is not None]
 
-    def _prejudge(self, sample: Sample) -> Score | tuple[str, str, JudgeRequest]:
+    def _prejudge(self, sample: Sample) -> Score | tuple[str, str, list[str], JudgeRequest]:
+        """The record's score, or (answer, reference, injection hits to report, verifier request)."""
         bad_field = invalid_text_field(sample, ("reference", "prompt"))
         if bad_field:
             return Score.unscored(bad_field)
@@ -216,24 +217,23 @@ class ScienceDomain:
         if self.rule_only:
             return self._verdict_score(answer, reference, False, "rule_only_undecided")
         student, truth = escape_for_verifier(answer), escape_for_verifier(given_reference)
-        room = self._input_budget - self._count(truth)
-        if self._count(student) > room - min(self._count(sample.prompt or ""), 64):
+        room = self._input_budget - self._count(truth) - self._count(student)
+        if room < min(self._count(sample.prompt or ""), 64):
             return self._verdict_score(answer, reference, False, "answer_too_long",
                                        verdict_problem="the answer does not fit the verifier's context")
-        question, _ = clip_to_budget(escape_for_verifier(sample.prompt or ""), room - self._count(student),
-                                     self._count)
+        question, _ = clip_to_budget(escape_for_verifier(sample.prompt or ""), room, self._count)
         prompt = _fill(self.prompt_template, question=question, ground_truth=truth, student_answer=student)
         request = JudgeRequest.completion(prompt, max_tokens=self.max_judge_tokens, temperature=0.0)
-        return answer, reference, request
+        return answer, reference, hits, request
 
-    def _from_reply(self, sample: Sample, answer: str, reference: str, reply: JudgeReply | JudgeFailure) -> Score:
+    def _from_reply(self, sample: Sample, answer: str, reference: str, hits: list[str],
+                    reply: JudgeReply | JudgeFailure) -> Score:
         if isinstance(reply, JudgeFailure):
             return Score.unscored(f"{sample.where()}: verifier failed: {reply.error}", format_ok=True,
                                   extracted_answer=answer, judge_attempts=reply.attempts)
         verdict = final_decision(reply)
         extra = {"judge_output": reply.text[-500:], "judge_cached": reply.cached}
-        hits = injection_hits(answer) if self.injection == "report" else []
-        if hits:
+        if hits:  # only under injection="report": "penalize" never asks the verifier
             extra["injection_hits"] = hits
         if not verdict.usable:
             return self._verdict_score(answer, reference, False, "verifier", verdict_problem=verdict.problem, **extra)

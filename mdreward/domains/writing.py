@@ -175,9 +175,10 @@ class WritingDomain:
         response = escape_for_pairwise(text)
         budget = self._input_budget
         # The record's own texts take at most half the context; the response gets the rest.
-        reference, _ = clip_to_budget(escape_for_pairwise(reference), budget // 2, self._count)
-        instruction, _ = clip_to_budget(escape_for_pairwise(sample.prompt or ""), budget // 4, self._count)
-        if self._count(response) > budget - self._count(reference) - self._count(instruction):
+        reference, reference_tokens = clip_to_budget(escape_for_pairwise(reference), budget // 2, self._count)
+        instruction, instruction_tokens = clip_to_budget(escape_for_pairwise(sample.prompt or ""), budget // 4,
+                                                         self._count)
+        if self._count(response) > budget - reference_tokens - instruction_tokens:
             return Score.ok(self.table["worse"], format_ok=True, outcome="worse", method="response_too_long_for_judge",
                             judge_context_tokens=self.judge_context_tokens)
         return instruction, response, reference, hits

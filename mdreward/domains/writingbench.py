@@ -256,9 +256,9 @@ class WritingBenchDomain:
                             mean_score=self.table["worst"], benchmark_score=self.table["worst"] * 10)
         response = escape_for_critic(text)
         budget = self._input_budget
-        query, _ = clip_to_budget(defuse_control_tokens(sample.prompt or ""), budget // 4, self._count)
+        query, query_tokens = clip_to_budget(defuse_control_tokens(sample.prompt or ""), budget // 4, self._count)
         widest = max(self._count(defuse_control_tokens(render_criterion(c))) for c in criteria)
-        if self._count(response) > budget - self._count(query) - 2 * widest:
+        if self._count(response) > budget - query_tokens - 2 * widest:
             return Score.ok(self.table["worst"], format_ok=True, method="response_too_long_for_judge",
                             judge_context_tokens=self.judge_context_tokens, mean_score=self.table["worst"],
                             benchmark_score=self.table["worst"] * 10)

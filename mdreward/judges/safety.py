@@ -233,18 +233,21 @@ def utf8_size(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def clip_to_budget(text: str, budget: int, count) -> tuple[str, bool]:
-    """The longest prefix of ``text`` whose ``count`` is at most ``budget`` (binary search), and whether cut."""
-    if count(text) <= budget:
-        return text, False
-    low, high = 0, len(text)
+def clip_to_budget(text: str, budget: int, count: Callable[[str], int]) -> tuple[str, int]:
+    """The longest prefix of ``text`` whose ``count`` is at most ``budget`` (binary search), and its count
+    (so callers need not count it again)."""
+    size = count(text)
+    if size <= budget:
+        return text, size
+    low, low_size, high = 0, count(""), len(text)
     while low < high:
         middle = (low + high + 1) // 2
-        if count(text[:middle]) <= budget:
-            low = middle
+        middle_size = count(text[:middle])
+        if middle_size <= budget:
+            low, low_size = middle, middle_size
         else:
             high = middle - 1
-    return text[:low], True
+    return text[:low], low_size
 
 
 def require_placeholders(template: str, names: tuple[str, ...], where: str) -> None:
