@@ -12,6 +12,7 @@ import argparse
 import importlib.util
 import inspect
 import json
+import re
 import sys
 import tempfile
 import threading
@@ -24,14 +25,17 @@ from .judges.transformers_backend import TransformersJudge
 from .runner import score_file
 from .scoring import Scorer, ScoringConfig
 
+_ASKED_VERDICT = re.compile(r"Verdict ([0-9a-f]{12}): \[\[")
+
 DEMO_BANNER = ("DEMO JUDGE: science, writing and writingbench were judged by SmolLM2-135M-Instruct choosing among "
                "each domain's verdicts (a tiny local model, not a real judge); for real rewards use --judge-url/"
                "--judge-model (docs/judges.md).")
 
-#: Each judged domain's verdict replies, in the form its parser reads.
+#: Each judged domain's verdict replies, in the form its parser reads; ``{nonce}`` is the request's own nonce,
+#: read from the verdict line the prompt asks for (as a real judge reads it).
 VERDICT_CHOICES: dict[str, tuple[str, ...]] = {
     "science": ("Final Decision: Yes", "Final Decision: No"),
-    "writing": ("[[A]]", "[[B]]", "[[C]]"),
+    "writing": ("Verdict {nonce}: [[A]]", "Verdict {nonce}: [[B]]", "Verdict {nonce}: [[C]]"),
     "writingbench": tuple(json.dumps({"score": k, "reason": "demo judge"}) for k in range(1, 11)),
 }
 
@@ -73,11 +77,19 @@ class ChoiceJudge(TransformersJudge):
                 prompt_ids = tok(text, add_special_tokens=plain, split_special_tokens=plain)["input_ids"]
                 if len(prompt_ids) > self.max_prompt_tokens:
                     raise ValueError(f"prompt of {len(prompt_ids)} tokens is over {self.max_prompt_tokens}")
+                choices = self._choices_for(text)
                 scores = self._choice_logprobs(prompt_ids, [tok(c, add_special_tokens=False)["input_ids"]
-                                                            for c in self.choices])
-                best = max(range(len(self.choices)), key=scores.__getitem__)
-                replies.append(JudgeReply(self.choices[best], "stop", prompt_tokens=len(prompt_ids)))
+                                                            for c in choices])
+                best = max(range(len(choices)), key=scores.__getitem__)
+                replies.append(JudgeReply(choices[best], "stop", prompt_tokens=len(prompt_ids)))
         return replies
+
+    def _choices_for(self, prompt: str) -> tuple[str, ...]:
+        """The choices with ``{nonce}`` filled from the last verdict line the prompt asks for (none: left empty)."""
+        if not any("{nonce}" in c for c in self.choices):
+            return self.choices
+        asked = _ASKED_VERDICT.findall(prompt)
+        return tuple(c.replace("{nonce}", asked[-1] if asked else "") for c in self.choices)
 
     def _choice_logprobs(self, prompt_ids: list[int], choices: list[list[int]]) -> list[float]:
         """Summed log-probability of each choice after the prompt: one pass over the prompt (its KV cache

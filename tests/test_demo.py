@@ -57,4 +57,7 @@ def test_demo_scores_every_built_in_domain(tmp_path):
     scored = {r["domain"] for r in records if isinstance(r.get("domain"), str) and r["status"] != "error"}
     built_in = {e.name for e in mdreward.load_domains(autoload_plugins=False)}
     assert built_in <= scored, (built_in - scored, [(r.get("id"), r.get("error")) for r in records])
+    judged = [r for r in records if r.get("domain") in ("science", "writing", "writingbench")]
+    assert judged and not [r["components"] for r in judged if "verdict_problem" in r["components"]
+                           or r["components"].get("verdict_problems")]  # the demo judge gives real verdicts
     assert "python -m mdreward.demo" in (ROOT / "scripts" / "demo.sh").read_text()  # the main command's path
