@@ -78,6 +78,8 @@ class UpdateConfig:
     domain_weights: dict[str, float] | None = None
     famo_w_lr: float = 0.025
     famo_gamma: float = 0.01
+    conflict_metrics: bool = False       # log per-module inter-domain gradient cosines (one more backward per mini-batch)
+    module_groups: str | dict[str, list[str]] = "layer"  # layer | type | parameter | model | {group = [name globs]}
 
 
 @dataclass

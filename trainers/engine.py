@@ -21,6 +21,7 @@ import torch
 from mdreward import FormatRules, Sample, Scorer, ScoringConfig, Status
 
 from .config import TrainConfig
+from .conflict import measure_conflicts
 from .curricula import MixedSampler, PhaseSampler, SelfPacedSampler
 from .grpo import GRPOConfig, group_advantages
 from .metrics import MetricsLog, is_success, plot_runs, success_threshold
@@ -309,15 +310,25 @@ class LocalEngine:
                 batches.append(self._domain_batch(domain, micro, train))
             if not batches:  # every response of this mini-batch was unscored: nothing to learn from
                 continue
+            conflicts = self._conflict_metrics(batches)
             result = self.rule.update(self.model, self.optimizer, batches, self.objective,
                                       step=step * u.mini_batches + m, scheduler=self.scheduler)
             for domain, values in result.domains.items():
                 for key, value in values.items():
                     summary.setdefault(domain, {}).setdefault(key, []).append(float(value))
-            for key, value in result.extra.items():
+            for key, value in {**result.extra, **conflicts}.items():
                 summary.setdefault("_all", {}).setdefault(key, []).append(float(value))
             self.last_orders.append(list(result.order))
         return {d: {k: sum(v) / len(v) for k, v in vals.items()} for d, vals in summary.items()}
+
+    def _conflict_metrics(self, batches: list[DomainBatch]) -> dict[str, float]:
+        """``update.conflict_metrics``: per-module inter-domain gradient cosines before the rule's update
+        (skipped for a rule that reports them from its own per-domain gradients, e.g. MGS)."""
+        u = self.cfg.update
+        if not u.conflict_metrics or getattr(self.rule, "measures_conflicts", False):
+            return {}
+        return measure_conflicts(self.model, self.optimizer, batches, self.objective, grouping=u.module_groups,
+                                 share_by=u.share_by, domain_weights=u.domain_weights)  # type: ignore[arg-type]
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, dict[str, float]]:

@@ -1,0 +1,200 @@
+"""Module grouping and the per-module inter-domain gradient conflict diagnostic, on hand-built gradients."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainers.conflict import ModuleLayout, group_names, measure_conflicts, module_conflicts
+from trainers.grpo import Aggregate
+from trainers.updates import DomainBatch
+
+QWEN2_LAYER = ["self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.weight", "self_attn.k_proj.bias",
+               "self_attn.v_proj.weight", "self_attn.v_proj.bias", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
+               "mlp.up_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight"]
+QWEN2 = (["model.embed_tokens.weight"] + [f"model.layers.{i}.{n}" for i in range(2) for n in QWEN2_LAYER]
+         + ["model.norm.weight", "lm_head.weight"])
+
+
+def test_layer_grouping_of_qwen2_names():
+    groups = group_names(QWEN2, "layer")
+    assert list(groups) == ["embed", "layer0.attn", "layer0.mlp", "layer0.norm", "layer1.attn", "layer1.mlp",
+                            "layer1.norm", "final_norm", "lm_head"]
+    assert groups["layer1.attn"] == [f"model.layers.1.{n}" for n in QWEN2_LAYER[:7]]
+    assert groups["layer0.mlp"] == [f"model.layers.0.mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
+    assert groups["layer0.norm"] == ["model.layers.0.input_layernorm.weight",
+                                     "model.layers.0.post_attention_layernorm.weight"]
+    assert sorted(n for ns in groups.values() for n in ns) == sorted(QWEN2)
+
+
+def test_other_architectures_and_granularities():
+    qwen3_qk_norm = "model.layers.3.self_attn.q_norm.weight"
+    gpt2 = ["transformer.wte.weight", "transformer.h.0.attn.c_attn.weight", "transformer.h.0.mlp.c_fc.weight",
+            "transformer.h.0.ln_1.weight", "transformer.ln_f.bias", "score.weight"]
+    groups = group_names([qwen3_qk_norm, *gpt2], "layer")
+    assert groups == {"layer3.norm": [qwen3_qk_norm], "embed": ["transformer.wte.weight"],
+                      "layer0.attn": ["transformer.h.0.attn.c_attn.weight"],
+                      "layer0.mlp": ["transformer.h.0.mlp.c_fc.weight"], "layer0.norm": ["transformer.h.0.ln_1.weight"],
+                      "final_norm": ["transformer.ln_f.bias"], "other": ["score.weight"]}
+    by_type = group_names(QWEN2, "type")
+    assert list(by_type) == ["embed", "attn", "mlp", "norm", "lm_head"]
+    assert len(by_type["attn"]) == 14 and len(by_type["norm"]) == 5  # 2 per layer + the final norm
+    assert group_names(QWEN2, "parameter") == {n: [n] for n in QWEN2}
+    assert group_names(QWEN2, "model") == {"model": QWEN2}
+    # a DDP-style prefix changes nothing
+    assert list(group_names(["module." + n for n in QWEN2], "layer")) == list(group_names(QWEN2, "layer"))
+
+
+def test_user_groupings_patterns_and_callables():
+    groups = group_names(QWEN2, {"attn_qk": ["*.q_proj.*", "*.k_proj.*"], "mlp": ["*.mlp.*"]})
+    assert list(groups) == ["other", "attn_qk", "mlp"]
+    assert len(groups["attn_qk"]) == 8 and len(groups["mlp"]) == 6
+    # first group in mapping order wins
+    first = group_names(QWEN2, {"everything_in_layer0": ["model.layers.0.*"], "mlp": ["*.mlp.*"]})
+    assert len(first["everything_in_layer0"]) == 12 and len(first["mlp"]) == 3
+    with pytest.raises(ValueError, match="match no parameter.*mlp_typo"):
+        group_names(QWEN2, {"mlp": ["*.mlp.*"], "mlp_typo": ["*.mpl.*"]})
+    with pytest.raises(ValueError, match="list of name patterns"):
+        group_names(QWEN2, {"mlp": "*.mlp.*"})
+    with pytest.raises(ValueError, match="module grouping must be one of"):
+        group_names(QWEN2, "layers")
+    by_depth = group_names(QWEN2, lambda n: "low" if ".layers.0." in n else ("high" if ".layers." in n else None))
+    assert list(by_depth) == ["other", "low", "high"] and len(by_depth["other"]) == 3
+    with pytest.raises(ValueError, match="expected a group name"):
+        group_names(QWEN2, lambda n: 3)
+
+
+def hand_layout():
+    """Parameters a (2 values) in module attn, b (3 values) in mlp, c (1 value) in norm; given in order c, a, b."""
+    named = [("blk.norm.w", torch.zeros(1)), ("blk.self_attn.a", torch.zeros(2)), ("blk.mlp.b", torch.zeros(3))]
+    return ModuleLayout.build(named, "type")
+
+
+def test_layout_orders_parameters_module_by_module():
+    layout = hand_layout()
+    assert layout.modules == [("norm", 0, 1), ("attn", 1, 3), ("mlp", 3, 6)]
+    assert layout.names == ["blk.norm.w", "blk.self_attn.a", "blk.mlp.b"]
+    one = ModuleLayout.build([("z", torch.zeros(2)), ("a", torch.zeros(1))], "model")
+    assert one.names == ["z", "a"] and one.modules == [("model", 0, 3)]  # a single module keeps the given order
+
+
+def test_per_module_cosines_and_conflicts_by_hand():
+    layout = hand_layout()
+    # flat layout order: norm | attn (2) | mlp (3)
+    g = torch.tensor([[1.0, 1.0, 0.0, 1.0, 2.0, 0.0],     # x
+                      [-2.0, 0.0, 3.0, 2.0, 4.0, 0.0],    # y: opposes x in norm, orthogonal in attn, parallel in mlp
+                      [0.0, -1.0, -1.0, 0.0, 0.0, 0.0]])  # z: nothing in norm and mlp
+    m = module_conflicts(g, layout, ["x", "y", "z"])
+    assert m["conflict/module/norm/cos/x_vs_y"] == -1.0
+    assert m["conflict/module/attn/cos/x_vs_y"] == 0.0
+    assert m["conflict/module/mlp/cos/x_vs_y"] == pytest.approx(1.0)
+    assert m["conflict/module/attn/cos/x_vs_z"] == pytest.approx(-1 / math.sqrt(2))
+    assert m["conflict/module/attn/cos/y_vs_z"] == pytest.approx(-3 / (3 * math.sqrt(2)))
+    assert m["conflict/module/norm/cos/x_vs_z"] == 0.0  # z is zero there: no direction, reported 0
+    assert m["conflict/module/norm/conflicts"] == 1       # x.y < 0 (y.z = x.z = 0 are not conflicts)
+    assert m["conflict/module/attn/conflicts"] == 2       # x.z and y.z
+    assert m["conflict/module/mlp/conflicts"] == 0
+    whole = g @ g.T
+    for (i, a), (j, b) in [((0, "x"), (1, "y")), ((0, "x"), (2, "z")), ((1, "y"), (2, "z"))]:
+        expected = float(whole[i, j] / (whole[i, i] * whole[j, j]).sqrt())
+        assert m[f"conflict/model/cos/{a}_vs_{b}"] == pytest.approx(expected)
+    assert m["conflict/model/conflicts"] == float(sum(whole[i, j] < 0 for i, j in [(0, 1), (0, 2), (1, 2)]))
+    assert m["conflict/model/grad_norm/y"] == pytest.approx(float(g[1].norm()))
+    assert (m["conflict/modules"], m["conflict/modules_in_conflict"], m["conflict/module_conflicts"]) == (3, 2, 3)
+    # per-parameter gradients (lists in layout.params order, or name -> tensor) give the same numbers
+    per_param = [[row[0:1], row[1:3], row[3:6]] for row in g]
+    assert module_conflicts(per_param, layout, ["x", "y", "z"]) == m
+    by_name = [dict(zip(layout.names, parts)) for parts in per_param]
+    del by_name[2]["blk.norm.w"]  # absent = zero
+    assert module_conflicts(by_name, layout, ["x", "y", "z"]) == m
+    with pytest.raises(ValueError, match=r"\[K, 6\]"):
+        module_conflicts(g[:, :5], layout, ["x", "y", "z"])
+
+
+class LinearObjective:
+    """Micro-batch = {parameter name: coefficient}; loss = sum of coefficient . parameter (gradient = coefficient)."""
+
+    def units(self, mb):
+        return 1.0
+
+    def samples(self, mb):
+        return 1
+
+    def __call__(self, model, mb):
+        params = dict(model.named_parameters())
+        return Aggregate(sum((params[n] * c).sum() for n, c in mb.items()), 1.0), {}
+
+
+class TwoModules(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.self_attn = torch.nn.ParameterDict({"a": torch.nn.Parameter(torch.zeros(2))})
+        self.mlp = torch.nn.ParameterDict({"b": torch.nn.Parameter(torch.zeros(2))})
+
+
+def test_measure_conflicts_on_a_model_leaves_weights_and_grads_alone():
+    model = TwoModules()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    t = torch.tensor
+    batches = [DomainBatch("p", [{"self_attn.a": t([1.0, 0.0]), "mlp.b": t([2.0, 0.0])}]),
+               DomainBatch("q", [{"self_attn.a": t([-1.0, 1.0]), "mlp.b": t([1.0, 0.0])}, {"mlp.b": t([1.0, 0.0])}])]
+    m = measure_conflicts(model, opt, batches, LinearObjective(), grouping="type")
+    # q's loss is the mean over its two micro-batches; its share of the samples is 2/3, p's 1/3
+    assert m["conflict/module/attn/cos/p_vs_q"] == pytest.approx(-1 / math.sqrt(2))
+    assert m["conflict/module/mlp/cos/p_vs_q"] == pytest.approx(1.0)
+    assert m["conflict/model/grad_norm/p"] == pytest.approx(math.sqrt(5) / 3)
+    assert m["conflict/model/grad_norm/q"] == pytest.approx(2 / 3 * math.sqrt(0.25 + 0.25 + 1))
+    assert m["conflict/model/conflicts"] == 0  # -1/2 + 2/2 > 0: no conflict over the whole model
+    assert m["conflict/module/attn/conflicts"] == 1
+    assert all(p.grad is None for p in model.parameters())
+    assert all(float(p.detach().abs().sum()) == 0 for p in model.parameters())
+    assert measure_conflicts(model, opt, batches[:1], LinearObjective()) == {}  # one domain: nothing to compare
+
+
+# ---- through the engine, on the tiny offline Qwen2 policy -----------------------------------
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from trainers.tiny import build_tiny_policy
+
+    torch.set_num_threads(1)
+    return build_tiny_policy(tmp_path_factory.mktemp("tiny") / "policy", sft_steps=40, lr=1e-2, batch_size=32,
+                             log_every=0)
+
+
+def engine_config(policy_dir, out_dir, **update):
+    from trainers.config import from_dict
+
+    return from_dict({"model": {"kind": "tiny", "path": str(policy_dir)},
+                      "data": {"tasks": ["arith", "max"], "prompts_per_domain": 2, "eval_prompts": 0, "pool_size": 16},
+                      "rollout": {"group_size": 4, "max_new_tokens": 12},
+                      "update": {"lr": 1e-3, "mini_batches": 1, "micro_batch_size": 8, **update},
+                      "run": {"steps": 1, "out_dir": str(out_dir), "eval_every": 0, "checkpoint_every": 0,
+                              "plot_every": 0, "tensorboard": False}})
+
+
+def weights(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_engine_logs_conflict_metrics_for_any_rule_without_changing_its_update(policy_dir, scorer, tmp_path):
+    from trainers.engine import LocalEngine
+
+    runs = {}
+    for flag in (False, True):
+        engine = LocalEngine(engine_config(policy_dir, tmp_path / str(flag), rule="joint", conflict_metrics=flag),
+                             scorer=scorer)
+        runs[flag] = (engine.step(0)["update"]["_all"], weights(engine.model))
+        engine.close()
+    assert not any(k.startswith("conflict/") for k in runs[False][0])
+    logged = runs[True][0]
+    assert torch.equal(runs[False][1], runs[True][1])  # the diagnostic does not touch the joint step
+    modules = ["embed", "layer0.attn", "layer0.mlp", "layer0.norm", "layer1.attn", "layer1.mlp", "layer1.norm",
+               "final_norm"]
+    assert logged["conflict/modules"] == len(modules)
+    for m in modules:
+        assert -1.0 <= logged[f"conflict/module/{m}/cos/arith_vs_max"] <= 1.0
+        assert logged[f"conflict/module/{m}/conflicts"] in (0.0, 1.0)
+    assert logged["conflict/module_conflicts"] == sum(logged[f"conflict/module/{m}/conflicts"] for m in modules)
+    assert logged["conflict/model/grad_norm/arith"] > 0
