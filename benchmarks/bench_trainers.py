@@ -52,6 +52,8 @@ RULES = {
     "cgpo": dict(name="cgpo", alpha=1.2),
     "cgpo_alpha1": dict(name="cgpo", alpha=1.0),
     "pcgrad": dict(name="pcgrad"),
+    "mgs": dict(name="mgs"),  # per-layer attn/mlp/norm modules
+    "mgs_per_tensor": dict(name="mgs", modules="parameter"),  # the MGS authors' code: one module per tensor
 }
 ACCELERATOR_ONLY = {"cgpo_phi0_cpu": dict(name="cgpo", alpha=1.2, phi0_device="cpu")}  # same as cgpo on CPU
 

@@ -1,4 +1,5 @@
-"""Module grouping and the per-module inter-domain gradient conflict diagnostic, on hand-built gradients."""
+"""Module grouping, the per-module inter-domain gradient conflict diagnostic, and MGS (modular gradient
+surgery): on hand-built gradients, a tiny Qwen2, and through the engine."""
 from __future__ import annotations
 
 import math
@@ -7,8 +8,10 @@ import pytest
 import torch
 
 from trainers.conflict import ModuleLayout, group_names, measure_conflicts, module_conflicts
-from trainers.grpo import Aggregate
-from trainers.updates import DomainBatch
+from trainers.grpo import Aggregate, GRPOConfig
+from trainers.mgs import MGS
+from trainers.rollout import GRPOObjective, MicroBatch
+from trainers.updates import DomainBatch, Joint, PCGrad, make_rule
 
 QWEN2_LAYER = ["self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.weight", "self_attn.k_proj.bias",
                "self_attn.v_proj.weight", "self_attn.v_proj.bias", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
@@ -152,6 +155,89 @@ def test_measure_conflicts_on_a_model_leaves_weights_and_grads_alone():
     assert measure_conflicts(model, opt, batches[:1], LinearObjective()) == {}  # one domain: nothing to compare
 
 
+# ---- MGS ----------------------------------------------------------------------------------
+def two_module_batches():
+    """Domains p, q: in attn (a) their gradients conflict, in mlp (b) they agree, over the whole model
+    they do not conflict (a: -1, b: +2 -> dot +1)."""
+    t = torch.tensor
+    return [DomainBatch("p", [{"self_attn.a": t([1.0, 0.0]), "mlp.b": t([2.0, 0.0])}]),
+            DomainBatch("q", [{"self_attn.a": t([-1.0, 1.0]), "mlp.b": t([1.0, 0.0])}])]
+
+
+def step_of(rule, grouping_batches=None):
+    model = TwoModules()
+    rule.update(model, torch.optim.SGD(model.parameters(), lr=1.0), grouping_batches or two_module_batches(),
+                LinearObjective(), step=0)
+    return {n: -p.detach() for n, p in model.named_parameters()}  # lr 1 from zero: the update direction
+
+
+def test_mgs_projects_only_in_the_module_that_conflicts():
+    mgs = step_of(MGS(modules="type"))
+    # shares 1/2 each. attn: PCGrad of (1,0), (-1,1): (1,0) -> (1/2,1/2), (-1,1) -> (0,1); sum (1/2,3/2), halved
+    assert torch.allclose(mgs["self_attn.a"], torch.tensor([0.25, 0.75]))
+    # mlp: no conflict, the plain sum (2,0) + (1,0), halved
+    assert torch.allclose(mgs["mlp.b"], torch.tensor([1.5, 0.0]))
+    joint = step_of(Joint())
+    assert torch.allclose(joint["mlp.b"], mgs["mlp.b"]) and not torch.allclose(joint["self_attn.a"], mgs["self_attn.a"])
+    # over the whole model there is no conflict: PCGrad (= MGS with one module) is the joint step
+    for whole in (step_of(PCGrad()), step_of(MGS(modules="model"))):
+        assert all(torch.allclose(whole[n], joint[n]) for n in joint)
+    # a user grouping that puts the conflict in its own module gives the same answer
+    user = step_of(MGS(modules={"attn": ["self_attn.*"], "mlp": ["mlp.*"]}))
+    assert all(torch.equal(user[n], mgs[n]) for n in mgs)
+
+
+def test_mgs_logs_its_own_module_conflicts():
+    model = TwoModules()
+    result = MGS(modules="type").update(model, torch.optim.SGD(model.parameters(), lr=1.0), two_module_batches(),
+                                        LinearObjective(), step=0)
+    assert result.extra["conflicts"] == 0 and result.extra["module_conflicts"] == 1
+    assert result.extra["conflict/module/attn/cos/p_vs_q"] == pytest.approx(-1 / math.sqrt(2))
+    assert result.extra["conflict/module/mlp/conflicts"] == 0
+    assert set(result.domains) == {"p", "q"} and result.domains["q"]["loss"] == 0.0  # losses at the zero start
+    model = TwoModules()
+    quiet = MGS(modules="type", log_conflicts=False).update(model, torch.optim.SGD(model.parameters(), lr=1.0),
+                                                            two_module_batches(), LinearObjective(), step=0)
+    assert not any(k.startswith("conflict/") for k in quiet.extra) and quiet.extra["module_conflicts"] == 1
+
+
+def qwen2_case(seed=0):
+    """A tiny random Qwen2 and a GRPO mini-batch of three domains (random tokens and advantages)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                                         tie_word_embeddings=False))
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for d in range(3):
+        ids = torch.randint(0, 64, (4, 12), generator=gen)
+        old = torch.randn(4, 6, generator=gen) - 4.0
+        mb = MicroBatch(ids, torch.ones_like(ids), torch.ones(4, 6, dtype=torch.long), old, old - 0.01,
+                        torch.randn(4, generator=gen))
+        batches.append(DomainBatch(f"d{d}", [mb.select([0, 1]), mb.select([2, 3])]))
+    return model, batches
+
+
+def updated(rule, seed=0, steps=2):
+    model, batches = qwen2_case(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    objective = GRPOObjective(GRPOConfig(beta=0.01))
+    for step in range(steps):
+        rule.update(model, opt, batches, objective, step=step)
+    return weights(model)
+
+
+def test_mgs_with_one_module_is_exactly_pcgrad():
+    pytest.importorskip("transformers")
+    pcgrad = updated(PCGrad(seed=3))
+    assert torch.equal(updated(MGS(modules="model", seed=3)), pcgrad)
+    # per-layer modules do differ (the equality above is not vacuous): conflicts differ module by module
+    assert not torch.equal(updated(MGS(seed=3)), pcgrad)
+    assert isinstance(make_rule("mgs", modules="type"), MGS)
+
+
 # ---- through the engine, on the tiny offline Qwen2 policy -----------------------------------
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
@@ -198,3 +284,23 @@ def test_engine_logs_conflict_metrics_for_any_rule_without_changing_its_update(p
         assert logged[f"conflict/module/{m}/conflicts"] in (0.0, 1.0)
     assert logged["conflict/module_conflicts"] == sum(logged[f"conflict/module/{m}/conflicts"] for m in modules)
     assert logged["conflict/model/grad_norm/arith"] > 0
+
+
+def test_engine_trains_with_mgs_and_a_configured_grouping(policy_dir, scorer, tmp_path):
+    from trainers.engine import LocalEngine
+
+    cfg = engine_config(policy_dir, tmp_path / "mgs", rule="mgs", module_groups={"attn": ["*.self_attn.*"]},
+                        conflict_metrics=True, mini_batches=2, micro_batch_size=2)
+    cfg.run.steps = 2
+    engine = LocalEngine(cfg, scorer=scorer)
+    assert isinstance(engine.rule, MGS)
+    before = weights(engine.model)
+    records = engine.train()
+    engine.close()
+    assert not torch.equal(before, weights(engine.model))
+    for record in records:
+        logged = record["update"]["_all"]
+        assert logged["conflict/modules"] == 2  # attn, and everything else in "other"
+        assert {"conflict/module/attn/cos/arith_vs_max", "conflict/module/other/cos/arith_vs_max",
+                "module_conflicts", "grad_norm"} <= set(logged)
+        assert {"arith", "max"} <= set(record["update"])

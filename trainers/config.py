@@ -61,7 +61,7 @@ class GRPOSection:
 
 @dataclass
 class UpdateConfig:
-    rule: str = "cgpo"                   # joint | cgpo | cgpo_fix | famo | pcgrad
+    rule: str = "cgpo"                   # joint | cgpo | cgpo_fix | famo | pcgrad | mgs
     lr: float = 1e-6
     fused_optimizer: bool = True         # fused AdamW (CPU and CUDA): CGPO's K steps per mini-batch stay cheap
     weight_decay: float = 0.0

@@ -160,6 +160,8 @@ class LocalEngine:
             return make_rule("famo", w_lr=u.famo_w_lr, gamma=u.famo_gamma, **common)
         if u.rule == "pcgrad":
             return make_rule("pcgrad", seed=seed, domain_weights=u.domain_weights, **shared)
+        if u.rule == "mgs":
+            return make_rule("mgs", seed=seed, modules=u.module_groups, domain_weights=u.domain_weights, **shared)
         return make_rule(u.rule, domain_weights=u.domain_weights, **shared)
 
     def _prompt_pools(self) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:

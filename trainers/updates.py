@@ -525,3 +525,7 @@ def make_rule(name: str, **options: Any) -> UpdateRule:
     if name not in RULES:
         raise ValueError(f"unknown update rule {name!r}; known: {sorted(RULES) + ['cgpo_fix']}")
     return RULES[name](**options)
+
+
+from .mgs import MGS  # noqa: E402  (at the end: trainers.mgs builds on this module)
+RULES["mgs"] = MGS
