@@ -236,6 +236,8 @@ def test_mgs_with_one_module_is_exactly_pcgrad():
     # per-layer modules do differ (the equality above is not vacuous): conflicts differ module by module
     assert not torch.equal(updated(MGS(seed=3)), pcgrad)
     assert isinstance(make_rule("mgs", modules="type"), MGS)
+    with pytest.raises(ValueError, match="module grouping must be one of"):
+        make_rule("mgs", modules="per_layer")  # at construction, not at the first update
 
 
 # ---- through the engine, on the tiny offline Qwen2 policy -----------------------------------

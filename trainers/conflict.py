@@ -94,16 +94,28 @@ def builtin_group(name: str, grouping: str) -> str:
     return f"layer{layer}.{kind}"
 
 
-def group_names(names: Sequence[str], grouping: Grouping = "layer") -> dict[str, list[str]]:
-    """``{module: [parameter names]}`` in order of first appearance; every name in exactly one module."""
+def check_grouping(grouping: Grouping) -> None:
+    """Raise ValueError unless ``grouping`` is a built-in name, a mapping of group to name patterns, or a callable."""
     if isinstance(grouping, str):
         if grouping not in MODULE_GROUPINGS:
             raise ValueError(f"module grouping must be one of {MODULE_GROUPINGS}, a mapping of group to name "
                              f"patterns, or a callable; got {grouping!r}")
+    elif isinstance(grouping, Mapping):
+        for group, pats in grouping.items():
+            if isinstance(pats, str) or not all(isinstance(p, str) for p in pats):
+                raise ValueError(f"module group {group!r}: expected a list of name patterns, got {pats!r}")
+    elif not callable(grouping):
+        raise ValueError(f"module grouping must be a name, a mapping or a callable, got {type(grouping).__name__}")
+
+
+def group_names(names: Sequence[str], grouping: Grouping = "layer") -> dict[str, list[str]]:
+    """``{module: [parameter names]}`` in order of first appearance; every name in exactly one module."""
+    check_grouping(grouping)
+    if isinstance(grouping, str):
         assign = [builtin_group(n, grouping) for n in names]
     elif isinstance(grouping, Mapping):
         assign = _assign_by_patterns(names, grouping)
-    elif callable(grouping):
+    else:
         assign = []
         for n in names:
             group = grouping(n)
@@ -111,8 +123,6 @@ def group_names(names: Sequence[str], grouping: Grouping = "layer") -> dict[str,
                 raise ValueError(f"module grouping callable returned {group!r} for parameter {n!r}; "
                                  "expected a group name (str) or None")
             assign.append(OTHER if group is None else group)
-    else:
-        raise ValueError(f"module grouping must be a name, a mapping or a callable, got {type(grouping).__name__}")
     groups: dict[str, list[str]] = {}
     for n, g in zip(names, assign):
         groups.setdefault(g, []).append(n)
@@ -120,9 +130,6 @@ def group_names(names: Sequence[str], grouping: Grouping = "layer") -> dict[str,
 
 
 def _assign_by_patterns(names: Sequence[str], patterns: Mapping[str, Sequence[str]]) -> list[str]:
-    for group, pats in patterns.items():
-        if isinstance(pats, str) or not all(isinstance(p, str) for p in pats):
-            raise ValueError(f"module group {group!r}: expected a list of name patterns, got {pats!r}")
     out = []
     for n in names:
         group = next((g for g, pats in patterns.items() if any(fnmatch.fnmatchcase(n, p) for p in pats)), OTHER)

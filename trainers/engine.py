@@ -21,7 +21,7 @@ import torch
 from mdreward import FormatRules, Sample, Scorer, ScoringConfig, Status
 
 from .config import TrainConfig
-from .conflict import measure_conflicts
+from .conflict import check_grouping, measure_conflicts
 from .curricula import MixedSampler, PhaseSampler, SelfPacedSampler
 from .grpo import GRPOConfig, group_advantages
 from .metrics import MetricsLog, is_success, plot_runs, success_threshold
@@ -130,6 +130,8 @@ class LocalEngine:
         warm = max(1, u.warmup_steps * u.mini_batches)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
         self.rule = self._make_rule()
+        if u.conflict_metrics:
+            check_grouping(u.module_groups)  # a bad value fails here, not at the first update
         self.objective = GRPOObjective(self.grpo, cfg.rollout.temperature, self.device)
         self.scorer = scorer or Scorer(ScoringConfig(format_rules=FormatRules(
             require_think=cfg.data.require_think, think_in_prompt=cfg.data.think_in_prompt)))

@@ -14,7 +14,7 @@ from typing import ClassVar, Mapping
 
 import torch
 
-from .conflict import Grouping, ModuleLayout, conflict_metrics, domain_gradients, module_grams
+from .conflict import Grouping, ModuleLayout, check_grouping, conflict_metrics, domain_gradients, module_grams
 from .updates import (ShareBy, Stateless, UpdateResult, _params, check_share_by, clip_and_step, importance_factors,
                       project_conflicting, shares)
 
@@ -43,6 +43,7 @@ class MGS(Stateless):
 
     def __post_init__(self) -> None:
         check_share_by(self.share_by)
+        check_grouping(self.modules)
 
     def observe(self, step, batches) -> None:
         pass
