@@ -155,6 +155,25 @@ def test_measure_conflicts_on_a_model_leaves_weights_and_grads_alone():
     assert measure_conflicts(model, opt, batches[:1], LinearObjective()) == {}  # one domain: nothing to compare
 
 
+def test_noise_floor_splits_each_domain_into_halves_without_changing_the_rest():
+    model = TwoModules()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    t = torch.tensor
+    p_mbs = [{"self_attn.a": t([1.0, 0.0]), "mlp.b": t([2.0, 0.0])}, {"self_attn.a": t([1.0, 1.0]), "mlp.b": t([0.0, 1.0])},
+             {"self_attn.a": t([0.0, 3.0])}]
+    batches = [DomainBatch("p", p_mbs), DomainBatch("q", [{"self_attn.a": t([-1.0, 1.0]), "mlp.b": t([1.0, 0.0])}])]
+    plain = measure_conflicts(model, opt, batches, LinearObjective(), grouping="type")
+    split = measure_conflicts(model, opt, batches, LinearObjective(), grouping="type", noise_floor=True)
+    assert set(split) - set(plain) == {"conflict/model/half_cos/p", "conflict/module/attn/half_cos/p",
+                                       "conflict/module/mlp/half_cos/p"}  # q has one micro-batch: no halves
+    assert all(split[k] == pytest.approx(plain[k], abs=1e-12) for k in plain)
+    # halves of p: the first micro-batch, and the other two (a: (1,4), b: (0,1))
+    assert split["conflict/module/attn/half_cos/p"] == pytest.approx(1 / math.sqrt(17))
+    assert split["conflict/module/mlp/half_cos/p"] == 0.0
+    assert split["conflict/model/half_cos/p"] == pytest.approx(1 / (math.sqrt(5) * math.sqrt(18)))
+    assert all(p.grad is None for p in model.parameters())
+
+
 # ---- MGS ----------------------------------------------------------------------------------
 def two_module_batches():
     """Domains p, q: in attn (a) their gradients conflict, in mlp (b) they agree, over the whole model
@@ -271,8 +290,9 @@ def test_engine_logs_conflict_metrics_for_any_rule_without_changing_its_update(p
 
     runs = {}
     for flag in (False, True):
-        engine = LocalEngine(engine_config(policy_dir, tmp_path / str(flag), rule="joint", conflict_metrics=flag),
-                             scorer=scorer)
+        cfg = engine_config(policy_dir, tmp_path / str(flag), rule="joint", conflict_metrics=flag,
+                            conflict_noise_floor=flag, micro_batch_size=4)  # 2 micro-batches per domain
+        engine = LocalEngine(cfg, scorer=scorer)
         runs[flag] = (engine.step(0)["update"]["_all"], weights(engine.model))
         engine.close()
     assert not any(k.startswith("conflict/") for k in runs[False][0])
@@ -286,6 +306,7 @@ def test_engine_logs_conflict_metrics_for_any_rule_without_changing_its_update(p
         assert logged[f"conflict/module/{m}/conflicts"] in (0.0, 1.0)
     assert logged["conflict/module_conflicts"] == sum(logged[f"conflict/module/{m}/conflicts"] for m in modules)
     assert logged["conflict/model/grad_norm/arith"] > 0
+    assert -1.0 <= logged["conflict/model/half_cos/max"] <= 1.0 and "conflict/module/layer1.mlp/half_cos/arith" in logged
 
 
 def test_engine_trains_with_mgs_and_a_configured_grouping(policy_dir, scorer, tmp_path):

@@ -80,6 +80,7 @@ class UpdateConfig:
     famo_gamma: float = 0.01
     conflict_metrics: bool = False       # log per-module inter-domain gradient cosines (one more backward per mini-batch)
     module_groups: str | dict[str, list[str]] = "layer"  # layer | type | parameter | model | {group = [name globs]}
+    conflict_noise_floor: bool = False   # with conflict_metrics: also the cosine between two halves of each domain
 
 
 @dataclass

@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 
-from .updates import DomainBatch, Objective, ShareBy, backward_domain, importance_factors, shares
+from .updates import DomainBatch, Objective, ShareBy, backward_domain, domain_units, importance_factors, shares
 
 Grouping = Union[str, Mapping[str, Sequence[str]], Callable[[str], Union[str, None]]]
 MODULE_GROUPINGS = ("layer", "type", "parameter", "model")
@@ -283,16 +283,17 @@ def module_conflicts(grads: Any, layout: ModuleLayout, domains: Sequence[str]) -
 
 
 def domain_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, layout: ModuleLayout,
-                     batches: Sequence[DomainBatch], objective: Objective, scales: Mapping[str, float]
-                     ) -> tuple[torch.Tensor, dict[str, dict[str, float]]]:
+                     batches: Sequence[DomainBatch], objective: Objective, scales: Mapping[str, float],
+                     units: Mapping[str, float] | None = None) -> tuple[torch.Tensor, dict[str, dict[str, float]]]:
     """Each domain's gradient of ``scales[k] * L_k`` as a row of a [K, P] tensor in layout order, and
-    each domain's loss metrics. Leaves the parameters' ``.grad`` cleared."""
+    each domain's loss metrics. ``units``: per domain name, the unit count ``L_k`` is divided by (default:
+    the batch's own). Leaves the parameters' ``.grad`` cleared."""
     first = layout.params[0]
     grads = torch.empty(len(batches), layout.numel, dtype=first.dtype, device=first.device)
     stats = {}
     for row, b in enumerate(batches):
         optimizer.zero_grad(set_to_none=True)
-        stats[b.name] = backward_domain(model, b, objective, scales[b.name])
+        stats[b.name] = backward_domain(model, b, objective, scales[b.name], None if units is None else units[b.name])
         layout.read_grads(grads[row])
     optimizer.zero_grad(set_to_none=True)
     return grads, stats
@@ -300,18 +301,47 @@ def domain_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, l
 
 def measure_conflicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Sequence[DomainBatch],
                       objective: Objective, *, grouping: Grouping = "layer", share_by: ShareBy = "samples",
-                      domain_weights: Mapping[str, float] | None = None) -> dict[str, float]:
+                      domain_weights: Mapping[str, float] | None = None, noise_floor: bool = False) -> dict[str, float]:
     """The conflict diagnostic for any rule: one extra backward per domain on the mini-batch, before
     the rule's own update (the weights are not touched; ``.grad`` is left cleared).
 
+    ``noise_floor``: each domain with at least two micro-batches is also split into two halves of its
+    micro-batches (the first ``n // 2``, the rest), each backpropagated alone; their sum is the domain's
+    gradient, so the inter-domain metrics do not change, and ``conflict/module/<m>/half_cos/<a>`` and
+    ``conflict/model/half_cos/<a>`` give the cosine between the two halves: how aligned two samples of
+    the *same* domain are, the yardstick for an inter-domain cosine. No extra backward; 2K buffers.
     Cost: a forward and backward of the whole mini-batch plus K flat gradients in memory at once.
     """
     if len(batches) < 2:
         return {}
+    names = [b.name for b in batches]
     share = shares(batches, objective, share_by)
-    factor = importance_factors([b.name for b in batches], domain_weights)
+    factor = importance_factors(names, domain_weights)
+    scales = {n: share[n] * factor[n] for n in names}
     params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
     layout = ModuleLayout.of_model(model, grouping, params)
-    grads, _ = domain_gradients(model, optimizer, layout, batches, objective,
-                                {b.name: share[b.name] * factor[b.name] for b in batches})
-    return conflict_metrics(module_grams(grads, layout), [b.name for b in batches])
+    if not noise_floor:
+        grads, _ = domain_gradients(model, optimizer, layout, batches, objective, scales)
+        return conflict_metrics(module_grams(grads, layout), names)
+    pieces: list[DomainBatch] = []
+    owner: list[int] = []  # domain index of each piece
+    for k, b in enumerate(batches):
+        mbs = b.micro_batches
+        halves = [mbs[:len(mbs) // 2], mbs[len(mbs) // 2:]] if len(mbs) >= 2 else [mbs]
+        pieces += [DomainBatch(b.name, h) for h in halves]
+        owner += [k] * len(halves)
+    units = {b.name: domain_units(b, objective) for b in batches}
+    grads, _ = domain_gradients(model, optimizer, layout, pieces, objective, scales, units)
+    piece_grams = module_grams(grads, layout)
+    del grads
+    sums = torch.zeros(len(batches), len(pieces), dtype=torch.float64)
+    sums[owner, list(range(len(pieces)))] = 1.0
+    out = conflict_metrics({m: sums @ g.double() @ sums.T for m, g in piece_grams.items()}, names)
+    whole = sum((g.double() for g in piece_grams.values()), torch.zeros(len(pieces), len(pieces), dtype=torch.float64))
+    for k, name in enumerate(names):
+        rows = [i for i, o in enumerate(owner) if o == k]
+        if len(rows) == 2:
+            for m, g in piece_grams.items():
+                out[f"conflict/module/{m}/half_cos/{name}"] = _cosine(g, *rows)
+            out[f"conflict/model/half_cos/{name}"] = _cosine(whole, *rows)
+    return out

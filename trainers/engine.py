@@ -332,7 +332,8 @@ class LocalEngine:
         if not u.conflict_metrics or getattr(self.rule, "measures_conflicts", False):
             return {}
         return measure_conflicts(self.model, self.optimizer, batches, self.objective, grouping=u.module_groups,
-                                 share_by=u.share_by, domain_weights=u.domain_weights)  # type: ignore[arg-type]
+                                 share_by=u.share_by, domain_weights=u.domain_weights,  # type: ignore[arg-type]
+                                 noise_floor=u.conflict_noise_floor)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, dict[str, float]]:
