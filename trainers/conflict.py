@@ -1,7 +1,8 @@
 """Where domains' gradients conflict: parameters grouped into modules, per-module inter-domain cosines.
 
 Modules are found from parameter names (``model.named_parameters()``), never from module classes,
-so the same rules hold for a plain model, a DDP/FSDP wrapper's prefixed names, and a PEFT model.
+so the same rules hold for a plain model, a DDP wrapper's ``module.`` prefix, FSDP with
+``use_orig_params=True`` and a PEFT model (FSDP1's flat parameters carry no module names: all ``other``).
 Built-in groupings (``MODULE_GROUPINGS``) for Qwen2/Llama/Mistral-style decoders, whose names look
 like ``model.layers.<i>.self_attn.q_proj.weight``:
 
