@@ -101,14 +101,14 @@ def _model_state(seed: int) -> dict[str, torch.Tensor]:
 
     torch.manual_seed(seed)
     cfg = tiny_config(32, hidden=8, layers=2, heads=2, kv_heads=1, intermediate=6, max_positions=16)
-    return dict(Qwen2ForCausalLM(cfg).state_dict())
+    return {k: v.float() for k, v in Qwen2ForCausalLM(cfg).state_dict().items()}  # float32 whatever the default
 
 
 def _three_states():
     base = _model_state(0)
     gen = torch.Generator().manual_seed(1)
-    before = {k: v + 0.1 * torch.randn(v.shape, generator=gen) for k, v in base.items()}
-    after = {k: v + 0.1 * torch.randn(v.shape, generator=gen) for k, v in before.items()}
+    before = {k: v + 0.1 * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in base.items()}
+    after = {k: v + 0.1 * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in before.items()}
     for state in (before, after):  # tied embeddings, as a saved model has them
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     return base, before, after
@@ -202,7 +202,7 @@ def test_cli_on_a_trainers_checkpoint_and_on_hf_dirs(tmp_path):
     cfg = tiny_config(32, hidden=8, layers=2, heads=2, kv_heads=1, intermediate=6, max_positions=16)
     dirs = {}
     for name, state in (("base", base), ("before", before), ("after", after)):
-        model = Qwen2ForCausalLM(cfg)
+        model = Qwen2ForCausalLM(cfg).float()
         model.load_state_dict(state)
         model.save_pretrained(tmp_path / name)
         dirs[name] = tmp_path / name

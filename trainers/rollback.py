@@ -190,7 +190,7 @@ def load_state(path: str | Path) -> tuple[dict[str, torch.Tensor], int | None]:
     if path.is_dir():
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")  # as saved
         return dict(model.state_dict()), _head_dim(AutoConfig.from_pretrained(path))
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path} (a trainers checkpoint.pt or an HF model directory)")
@@ -223,7 +223,7 @@ def save_like(after: str | Path, out: str | Path, state: State) -> Path:
 
         shutil.copytree(after, out, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(*WEIGHT_FILES))  # tokenizer and config files
-        model = AutoModelForCausalLM.from_pretrained(after, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(after, dtype="auto")
         model.load_state_dict(dict(state))
         model.save_pretrained(out)
         return out
