@@ -37,6 +37,8 @@ class DataConfig:
     system_prompt: str | None = None
     think_in_prompt: bool = False        # the prompt ends with "<think>\n"; responses carry only "...</think>"
     require_think: bool = True           # False: no <think> block required (mdreward FormatRules.require_think)
+    refresh_domain: str | None = None    # end the run with a refresh phase on this training domain only
+    refresh_steps: float = 0             # its length: a step count (>= 1) or a fraction of run.steps (< 1)
 
 
 @dataclass
@@ -94,6 +96,7 @@ class RunConfig:
     checkpoint_every: int = 10
     plot_every: int = 10
     tensorboard: bool = True
+    keep_checkpoints: list[int] = field(default_factory=list)  # also keep checkpoint-<N>.pt after these steps
 
 
 #: Named presets: section values set together. ``paper-code`` reproduces the conditions of the

@@ -1,4 +1,5 @@
-"""Which prompts each step trains on: mixed batches, Omni-Thinker's domain phases, self-paced order.
+"""Which prompts each step trains on: mixed batches, Omni-Thinker's domain phases, self-paced order,
+and an optional refresh phase on one domain at the end of any of them.
 
 A sampler is a pure function of the step (``batch(step)``), so resuming needs only the step number.
 """
@@ -6,7 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
 
 from .tasks import Prompt
 
@@ -121,3 +122,43 @@ class SelfPacedSampler:
     def batch(self, step: int) -> list[Prompt]:
         n = len(self._sorted)
         return [self._sorted[(step * self.batch_size + i) % n] for i in range(self.batch_size)]
+
+
+class Sampler(Protocol):
+    def batch(self, step: int) -> list[Prompt]: ...
+
+
+def refresh_step_count(refresh_steps: float, total_steps: int) -> int:
+    """Length of the refresh phase: ``refresh_steps`` is a step count (>= 1) or a fraction of the run (< 1)."""
+    if refresh_steps <= 0:
+        raise ValueError(f"data.refresh_steps must be > 0 when data.refresh_domain is set, got {refresh_steps}")
+    if refresh_steps >= 1 and refresh_steps != int(refresh_steps):
+        raise ValueError(f"data.refresh_steps = {refresh_steps}: a count must be whole; a fraction must be < 1")
+    count = int(refresh_steps) if refresh_steps >= 1 else round(refresh_steps * total_steps)
+    if not 1 <= count <= total_steps:
+        raise ValueError(f"data.refresh_steps = {refresh_steps} gives {count} refresh steps; "
+                         f"it must give 1 to run.steps = {total_steps}")
+    return count
+
+
+@dataclass
+class RefreshSampler:
+    """``base`` for steps before ``start``; from ``start`` on, only prompts of the refresh ``pool``.
+
+    The refresh batch has ``batch_size`` prompts, drawn from the pool's reshuffled epochs from the
+    start (as a phase of that domain draws them).
+    """
+
+    base: Sampler
+    pool: Sequence[Prompt]
+    batch_size: int
+    start: int
+    seed: int = 0
+
+    def in_refresh(self, step: int) -> bool:
+        return step >= self.start
+
+    def batch(self, step: int) -> list[Prompt]:
+        if not self.in_refresh(step):
+            return self.base.batch(step)
+        return _cycle(self.pool, (step - self.start) * self.batch_size, self.batch_size, self.seed)

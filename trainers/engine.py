@@ -11,6 +11,7 @@ import importlib.util
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from mdreward import FormatRules, Sample, Scorer, ScoringConfig, Status
 
 from .config import TrainConfig
 from .conflict import check_grouping, measure_conflicts
-from .curricula import MixedSampler, PhaseSampler, SelfPacedSampler
+from .curricula import MixedSampler, PhaseSampler, RefreshSampler, Sampler, SelfPacedSampler, refresh_step_count
 from .grpo import GRPOConfig, group_advantages
 from .metrics import MetricsLog, is_success, plot_runs, success_threshold
 from .rollout import GRPOObjective, HFGenerator, MicroBatch, Rollouts, VLLMGenerator, build_micro_batches, recorded_logprobs
@@ -214,7 +215,30 @@ class LocalEngine:
                                  engine_kwargs=r.vllm_engine, **common)
         raise ValueError(f"rollout.engine must be hf or vllm, got {r.engine!r}")
 
-    def _make_sampler(self):
+    def _make_sampler(self) -> Sampler:
+        """The curriculum; with ``data.refresh_domain``, its last ``refresh_steps`` train on that domain only."""
+        d, seed, steps = self.cfg.data, self.cfg.run.seed, self.cfg.run.steps
+        if d.refresh_domain is None:
+            if d.refresh_steps:
+                raise ValueError("data.refresh_steps is set but data.refresh_domain is not")
+            return self._make_curriculum(steps)
+        if d.refresh_domain not in self.train_pools:
+            raise ValueError(f"data.refresh_domain {d.refresh_domain!r} has no training prompts; "
+                             f"domains: {sorted(self.train_pools)}")
+        start = steps - refresh_step_count(d.refresh_steps, steps)
+        return RefreshSampler(self._make_curriculum(start), self.train_pools[d.refresh_domain],
+                              d.prompts_per_domain * len(self.train_pools), start, seed)
+
+    def phase(self, step: int) -> str:
+        """What step ``step`` trains on: ``refresh``, the Omni-Thinker phase's domain, or the curriculum."""
+        sampler = self.sampler
+        if isinstance(sampler, RefreshSampler):
+            if sampler.in_refresh(step):
+                return "refresh"
+            sampler = sampler.base
+        return sampler.phase(step) if isinstance(sampler, PhaseSampler) else self.cfg.data.curriculum
+
+    def _make_curriculum(self, steps: int) -> Sampler:
         d, seed = self.cfg.data, self.cfg.run.seed
         batch = d.prompts_per_domain * len(self.train_pools)
         if d.curriculum == "mixed":
@@ -222,7 +246,7 @@ class LocalEngine:
         if d.curriculum == "omni_thinker":
             categories = {name: self._score_domain(name) for name in self.train_pools}
             categories.update(d.domain_categories or {})
-            return PhaseSampler(self.train_pools, batch, self.cfg.run.steps, d.curriculum_order, seed, categories)
+            return PhaseSampler(self.train_pools, batch, steps, d.curriculum_order, seed, categories)
         if d.curriculum == "self_paced":
             prompts = [p for pool in self.train_pools.values() for p in pool]
             return SelfPacedSampler(prompts, self.estimate_pass_rates(prompts), batch, seed)
@@ -275,7 +299,7 @@ class LocalEngine:
             if p.domain not in examples:  # one response per domain, to see what the policy writes
                 examples[p.domain] = {"prompt": p.question, "response": text[:400], "reward": scores[i].reward,
                                       "status": scores[i].status.value, "error": scores[i].error}
-        record = {"step": step, "train": train, "update": update, "domain_orders": self.last_orders, "examples": examples,
+        record = {"step": step, "phase": self.phase(step), "train": train, "update": update, "domain_orders": self.last_orders, "examples": examples,
                   "time": {"generate_s": t_gen - started, "score_s": t_score - t_gen, "logprob_s": t_logp - t_score,
                            "update_s": time.perf_counter() - t_logp, "step_s": time.perf_counter() - started},
                   "lr": self.optimizer.param_groups[0]["lr"]}
@@ -359,8 +383,11 @@ class LocalEngine:
             self.log.write(record)
             records.append(record)
             self._print(record)
-            if run.checkpoint_every and ((step + 1) % run.checkpoint_every == 0 or last):
-                self.save_checkpoint(step + 1)
+            keep = step + 1 in run.keep_checkpoints
+            if keep or (run.checkpoint_every and ((step + 1) % run.checkpoint_every == 0 or last)):
+                saved = self.save_checkpoint(step + 1)
+                if keep:
+                    shutil.copyfile(saved, self.out / f"checkpoint-{step + 1}.pt")
             if run.plot_every and ((step + 1) % run.plot_every == 0 or last):
                 plot_runs({self.cfg.update.rule: self.log.path}, self.out / "reward_curves.png")
         return records
@@ -370,7 +397,7 @@ class LocalEngine:
                  for d, m in record["train"].items()]
         if "eval" in record:
             parts.append("eval r " + " ".join(f"{d}={m['reward']:+.2f}" for d, m in record["eval"].items()))
-        print(f"[{self.cfg.update.rule}] step {record['step']:4d} {record['time']['step_s']:5.1f}s | " + " | ".join(parts),
+        print(f"[{self.cfg.update.rule} {record['phase']}] step {record['step']:4d} {record['time']['step_s']:5.1f}s | " + " | ".join(parts),
               flush=True)
 
     def save_checkpoint(self, next_step: int) -> Path:
