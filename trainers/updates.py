@@ -525,3 +525,6 @@ def make_rule(name: str, **options: Any) -> UpdateRule:
     if name not in RULES:
         raise ValueError(f"unknown update rule {name!r}; known: {sorted(RULES) + ['cgpo_fix']}")
     return RULES[name](**options)
+
+from .capo import CAPO  # noqa: E402  (CAPO wraps the rules above: imported after RULES)
+RULES["capo"] = CAPO
