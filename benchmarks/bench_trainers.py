@@ -52,6 +52,8 @@ RULES = {
     "cgpo": dict(name="cgpo", alpha=1.2),
     "cgpo_alpha1": dict(name="cgpo", alpha=1.0),
     "pcgrad": dict(name="pcgrad"),
+    "capo": dict(name="capo"),
+    "capo_cgpo": dict(name="capo", inner="cgpo", inner_options={"alpha": 1.2}),
 }
 ACCELERATOR_ONLY = {"cgpo_phi0_cpu": dict(name="cgpo", alpha=1.2, phi0_device="cpu")}  # same as cgpo on CPU
 
