@@ -201,9 +201,10 @@ def test_capo_with_thresholds_off_is_the_inner_rule(inner, options):
 def test_every_token_masked_means_no_gradient_and_the_cap_bounds_the_fraction():
     base, _ = _lm_batches()
     start = _flat(base)
-    frozen, result = _run(make_rule("capo", inner="cgpo", inner_options={"alpha": 1.0}, fisher_tau=1e-30,
-                                    hessian_tau=1e-30))
+    rule = make_rule("capo", inner="cgpo", inner_options={"alpha": 1.0}, fisher_tau=1e-30, hessian_tau=1e-30)
+    frozen, result = _run(rule)
     assert result.extra["capo_masked_fraction"] == 1.0
+    assert rule.adam.t == 1 and not rule.adam.m.any()                    # a model step with no kept gradient
     assert {d: m["capo_masked_fraction"] for d, m in result.domains.items()} == {"d0": 1.0, "d1": 1.0}
     assert torch.equal(_flat(frozen), start)                              # no kept token: no step moved anything
     capped, result = _run(make_rule("capo", inner="cgpo", inner_options={"alpha": 1.0}, fisher_tau=1e-30,

@@ -119,16 +119,17 @@ class AdamRowModel:
             self._counts.index_add_(0, rows, torch.ones(rows.numel(), device=rows.device))
 
     def commit(self) -> None:
-        """One optimizer-model step from what ``accumulate`` gathered (none gathered: no step)."""
-        if self._sums is None or self._counts is None or self.m is None or self.v is None:
+        """One optimizer-model step from what ``accumulate`` gathered (the step count advances even when
+        every token was masked, as in the authors' code)."""
+        if self.m is None or self.v is None:
             return
-        seen = self._counts > 0
-        if bool(seen.any()):
+        if self._sums is not None and self._counts is not None:
+            seen = self._counts > 0
             mean = self._sums[seen] / self._counts[seen].unsqueeze(-1)
             b1, b2 = self.betas
             self.m[seen] = self.m[seen] * b1 + (1 - b1) * mean
             self.v[seen] = self.v[seen] * b2 + (1 - b2) * mean * mean
-            self.t += 1
+        self.t += 1
         self._sums = self._counts = None
 
     def state_dict(self) -> dict[str, Any]:
