@@ -7,6 +7,7 @@ update rule -> per-domain metrics (JSONL, TensorBoard), periodic greedy eval, pl
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import math
 import os
@@ -145,29 +146,37 @@ class LocalEngine:
             self.log.truncate_after(0)
 
     # ---- setup --------------------------------------------------------------------------------
-    def _make_rule(self, rule: str | None = None) -> UpdateRule:
+    def _make_rule(self) -> UpdateRule:
         u, seed = self.cfg.update, self.cfg.run.seed
-        rule = rule or u.rule
+        if u.rule == "capo":
+            return self._capo_rule()
         common: dict[str, Any] = {"max_grad_norm": u.max_grad_norm}
         shared = {"share_by": u.share_by, **common}
-        if rule == "capo":  # CAPO's token mask around the rule named by update.capo_inner
-            if u.capo_inner == "capo":
-                raise ValueError("config [update]: capo_inner must name another rule (joint, cgpo, ...), not capo")
-            return make_rule("capo", inner=self._make_rule(u.capo_inner), fisher_tau=u.capo_fisher_tau,
-                             hessian_tau=u.capo_hessian_tau, symmetric=u.capo_symmetric,
-                             optimizer_model=u.capo_optimizer_model, top_k=u.capo_top_k,
-                             max_masked_fraction=u.capo_max_masked_fraction)
-        if rule in ("cgpo", "cgpo_fix"):
+        if u.rule in ("cgpo", "cgpo_fix"):
             opts: dict[str, Any] = dict(alpha=u.alpha, scaling=u.scaling, seed=seed, phi0_device=u.phi0_device,
                                         domain_weights=u.domain_weights, optimizer_state=u.optimizer_state, **shared)
-            if rule == "cgpo_fix":
+            if u.rule == "cgpo_fix":
                 opts["fixed_order"] = u.fixed_order
-            return make_rule(rule, **opts)
-        if rule == "famo":
+            return make_rule(u.rule, **opts)
+        if u.rule == "famo":
             return make_rule("famo", w_lr=u.famo_w_lr, gamma=u.famo_gamma, **common)
-        if rule == "pcgrad":
+        if u.rule == "pcgrad":
             return make_rule("pcgrad", seed=seed, domain_weights=u.domain_weights, **shared)
-        return make_rule(rule, domain_weights=u.domain_weights, **shared)
+        return make_rule(u.rule, domain_weights=u.domain_weights, **shared)
+
+    def _capo_rule(self) -> UpdateRule:
+        """CAPO's token mask around the rule named by update.capo_inner, built with that rule's options."""
+        u = self.cfg.update
+        if u.capo_inner == "capo":
+            raise ValueError("config [update]: capo_inner must name another rule (joint, cgpo, ...), not capo")
+        outer, self.cfg = self.cfg, dataclasses.replace(self.cfg, update=dataclasses.replace(u, rule=u.capo_inner))
+        try:
+            inner = self._make_rule()
+        finally:
+            self.cfg = outer
+        return make_rule("capo", inner=inner, fisher_tau=u.capo_fisher_tau, hessian_tau=u.capo_hessian_tau,
+                         symmetric=u.capo_symmetric, optimizer_model=u.capo_optimizer_model, top_k=u.capo_top_k,
+                         max_masked_fraction=u.capo_max_masked_fraction)
 
     def _prompt_pools(self) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
         d, seed = self.cfg.data, self.cfg.run.seed
