@@ -3,6 +3,7 @@ the masked-fraction cap, composition with the domain rules, and a run through th
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -249,6 +250,20 @@ def test_rule_refuses_a_model_without_lm_head_and_a_foreign_objective():
 
 
 # ---- through the engine ----------------------------------------------------------------------------
+def test_engine_builds_capo_around_the_configured_rule_with_its_options():
+    fake = SimpleNamespace(cfg=from_dict({"update": {"rule": "capo", "capo_inner": "cgpo", "alpha": 0.7,
+                                                     "capo_hessian_tau": 0.5, "capo_top_k": 8}}))
+    fake._make_rule = lambda: LocalEngine._make_rule(fake)
+    fake._capo_rule = lambda: LocalEngine._capo_rule(fake)
+    rule = LocalEngine._make_rule(fake)
+    assert (rule.name, rule.rule.name, rule.rule.alpha) == ("capo", "cgpo", 0.7)
+    assert (rule.settings.hessian_tau, rule.settings.top_k, rule.settings.fisher_tau) == (0.5, 8, 1e-4)
+    assert fake.cfg.update.rule == "capo"                                 # the config is left as it was
+    fake.cfg.update.capo_inner = "capo"
+    with pytest.raises(ValueError, match="capo_inner"):
+        LocalEngine._make_rule(fake)
+
+
 def test_engine_runs_cgpo_with_capo_masking_and_resumes(tmp_path):
     # 60 warm-start steps: responses vary in format and answer, so advantages are not all zero
     policy = build_tiny_policy(tmp_path / "policy", sft_steps=60, lr=1e-2, batch_size=32, log_every=0)
