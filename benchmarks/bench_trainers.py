@@ -54,6 +54,8 @@ RULES = {
     "pcgrad": dict(name="pcgrad"),
     "mgs": dict(name="mgs"),  # per-layer attn/mlp/norm modules
     "mgs_per_tensor": dict(name="mgs", modules="parameter"),  # the MGS authors' code: one module per tensor
+    "capo": dict(name="capo"),
+    "capo_cgpo": dict(name="capo", inner="cgpo", inner_options={"alpha": 1.2}),
 }
 ACCELERATOR_ONLY = {"cgpo_phi0_cpu": dict(name="cgpo", alpha=1.2, phi0_device="cpu")}  # same as cgpo on CPU
 

@@ -83,6 +83,13 @@ class UpdateConfig:
     conflict_metrics: bool = False       # log per-module inter-domain gradient cosines (one more backward per mini-batch)
     module_groups: str | dict[str, list[str]] = "layer"  # layer | type | parameter | model | {group = [name globs]}
     conflict_noise_floor: bool = False   # with conflict_metrics: also the cosine between two halves of each domain
+    capo_inner: str = "joint"            # rule = "capo": CAPO's token mask around this rule (joint, cgpo, ...)
+    capo_fisher_tau: float = 1e-4        # CAPO: mask a token whose predicted KL >= this (0: off)
+    capo_hessian_tau: float = 0.01       # CAPO: mask a token whose predicted objective change is outside the band (0: off)
+    capo_symmetric: bool = True          # CAPO: band |change| < tau (False: 0 <= change < tau)
+    capo_optimizer_model: str = "adam"   # CAPO: adam | sgd, the update direction it predicts with
+    capo_top_k: int | None = 50          # CAPO: LM-head rows per token (top-k + the sampled token); None: all
+    capo_max_masked_fraction: float | None = None  # CAPO: cap on masked tokens per micro-batch (ours; off)
 
 
 @dataclass

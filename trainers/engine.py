@@ -7,6 +7,7 @@ update rule -> per-domain metrics (JSONL, TensorBoard), periodic greedy eval, pl
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import math
 import os
@@ -151,6 +152,8 @@ class LocalEngine:
     # ---- setup --------------------------------------------------------------------------------
     def _make_rule(self) -> UpdateRule:
         u, seed = self.cfg.update, self.cfg.run.seed
+        if u.rule == "capo":
+            return self._capo_rule()
         common: dict[str, Any] = {"max_grad_norm": u.max_grad_norm}
         shared = {"share_by": u.share_by, **common}
         if u.rule in ("cgpo", "cgpo_fix"):
@@ -166,6 +169,20 @@ class LocalEngine:
         if u.rule == "mgs":
             return make_rule("mgs", seed=seed, modules=u.module_groups, domain_weights=u.domain_weights, **shared)
         return make_rule(u.rule, domain_weights=u.domain_weights, **shared)
+
+    def _capo_rule(self) -> UpdateRule:
+        """CAPO's token mask around the rule named by update.capo_inner, built with that rule's options."""
+        u = self.cfg.update
+        if u.capo_inner == "capo":
+            raise ValueError("config [update]: capo_inner must name another rule (joint, cgpo, ...), not capo")
+        outer, self.cfg = self.cfg, dataclasses.replace(self.cfg, update=dataclasses.replace(u, rule=u.capo_inner))
+        try:
+            inner = self._make_rule()
+        finally:
+            self.cfg = outer
+        return make_rule("capo", inner=inner, fisher_tau=u.capo_fisher_tau, hessian_tau=u.capo_hessian_tau,
+                         symmetric=u.capo_symmetric, optimizer_model=u.capo_optimizer_model, top_k=u.capo_top_k,
+                         max_masked_fraction=u.capo_max_masked_fraction)
 
     def _prompt_pools(self) -> tuple[dict[str, list[Prompt]], dict[str, list[Prompt]]]:
         d, seed = self.cfg.data, self.cfg.run.seed

@@ -529,3 +529,5 @@ def make_rule(name: str, **options: Any) -> UpdateRule:
 
 from .mgs import MGS  # noqa: E402  (at the end: trainers.mgs builds on this module)
 RULES["mgs"] = MGS
+from .capo import CAPO  # noqa: E402  (CAPO wraps the rules above: imported after RULES)
+RULES["capo"] = CAPO
