@@ -12,7 +12,15 @@ from trainers.grpo import Aggregate, GRPOConfig, aggregate, group_advantages, gr
 from trainers.rollout import GRPOObjective, MicroBatch
 from trainers.updates import CGPO, FAMO, DomainBatch, Joint, PCGrad, project_conflicting, seeded_order, shares
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    """Exact checks in float64; restored afterwards so other test files keep torch's default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 # ---- GRPO loss, by hand --------------------------------------------------------------------
