@@ -14,13 +14,12 @@ and the rule from :mod:`trainers.updates` runs over them with
   ``actor.optim.clip_grad``), so CGPO's per-domain sub-steps, its scaled and restored learning rate
   and its interpolation act on what verl steps.
 
-Data parallel: domain names are all-gathered and per-domain counts all-reduced over verl's data
-parallel group, and each rank reports each of its micro-batches' equal part of the domain's global
-count, so ``shares()`` and ``backward_domain()`` see global counts on every rank; every rank runs
-the same number of micro-batches per domain (the largest), padding with zero-weighted copies of a
-row (its loss mask zeroed) where it has fewer rows, or none, of that domain, so FSDP's collectives
-line up. The domain order comes from the rule, seeded by (scheduler step, mini-batch index):
-identical on all ranks and across a resume.
+Data parallel: domain names are all-gathered over verl's data-parallel group, so every rank hands the
+rule the same domains in the same order; the objective carries a ``trainers.updates.DataParallel``,
+with which ``shares()`` and ``backward_domain()`` use global counts and make every rank run the same
+number of micro-batches per domain, padding with a zero-weighted row (loss mask zeroed) where a rank
+has fewer rows of a domain or none, so FSDP's collectives line up. The domain order comes from the
+rule, seeded by (scheduler step, mini-batch index): identical on all ranks and across a resume.
 
 Enabling it (see docs/verl.md): ``python -m mdreward.integrations.verl_update`` with verl's usual
 Hydra overrides plus ``+mdreward_update.rule=cgpo`` etc. It installs a Ray worker setup hook that
@@ -45,7 +44,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 
 from mdreward.integrations.verl import DEFAULT_TABLE, DataSourceTable
 from trainers.grpo import Aggregate
-from trainers.updates import DomainBatch, UpdateRule, make_rule
+from trainers.updates import DataParallel, DomainBatch, UpdateRule, make_rule
 
 #: Environment variable carrying the JSON settings to every Ray worker process.
 SETTINGS_ENV = "MDREWARD_VERL_UPDATE"
@@ -102,37 +101,49 @@ class UpdateSettings:
 # ---- the pieces the rule sees ----------------------------------------------------------------
 @dataclass
 class VerlMicroBatch:
-    """One verl micro-batch of one domain, with its equal part of the domain's global counts."""
+    """One verl micro-batch of one domain (this rank's rows) and its unit and sample counts."""
 
     data: TensorDict
     units: float
-    samples: float
+    samples: int
 
 
 class VerlObjective:
     """trainers' ``Objective`` over verl: the loss is the engine's ``forward_step`` with verl's loss.
 
-    The micro-batch carries ``batch_num_tokens = global_batch_size = 1`` and the real ``dp_size``, so
-    verl's ``agg_loss`` returns ``dp_size`` times the micro-batch's sum over units; the rule divides
-    by the domain's global units, and the data-parallel gradient average removes ``dp_size``.
+    Each micro-batch carries ``batch_num_tokens = global_batch_size = dp_size = 1``, so verl's
+    ``agg_loss`` returns the micro-batch's sum over units; ``backward_domain`` divides by the domain's
+    global units and multiplies by the group size (``data_parallel``), which FSDP's gradient average
+    divides out again. ``filler()`` is a zero-weighted row for a rank short of a domain's micro-batches.
     """
 
-    def __init__(self, engine: Any, loss_function: Any) -> None:
+    def __init__(self, engine: Any, loss_function: Any, data: TensorDict) -> None:
         self.engine = engine
         self.loss_function = loss_function
+        self.data = data
         self.outputs: list[dict[str, Any]] = []
+        group = engine.get_data_parallel_group()
+        no_sync = getattr(engine, "_gradient_sync_context", None)
+        self.data_parallel = DataParallel(
+            group=group, device=_comm_device(group), grad_average=True,
+            no_sync=(lambda model: no_sync(is_last_micro_batch=False)) if no_sync is not None else None)
 
     def units(self, micro_batch: VerlMicroBatch) -> float:
         return micro_batch.units
 
     def samples(self, micro_batch: VerlMicroBatch) -> int:
-        return micro_batch.samples  # type: ignore[return-value]  # a float part of an integer count
+        return micro_batch.samples
+
+    def filler(self) -> VerlMicroBatch:
+        return VerlMicroBatch(zero_weighted(self.data), 0.0, 0)
 
     def __call__(self, model: torch.nn.Module, micro_batch: VerlMicroBatch) -> tuple[Aggregate, dict[str, float]]:
+        tu.assign_non_tensor(micro_batch.data, batch_num_tokens=1, global_batch_size=1, dp_size=1)
         loss, output = self.engine.forward_step(micro_batch.data, loss_function=self.loss_function,
                                                 forward_only=False)
         output.pop("model_output", None)
-        self.outputs.append(output)
+        if micro_batch.samples:
+            self.outputs.append(output)
         return Aggregate(loss, micro_batch.units), {}
 
 
@@ -194,12 +205,6 @@ def global_domains(local: Sequence[str], group: Any) -> list[str]:
     return sorted({name for names in gathered for name in names})
 
 
-def all_reduce(values: list[float], group: Any, op: Any = dist.ReduceOp.SUM) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=_comm_device(group))
-    dist.all_reduce(tensor, op=op, group=group)
-    return tensor.cpu().tolist()
-
-
 def zero_weighted(data: TensorDict) -> TensorDict:
     """A copy of ``data``'s first row with no loss tokens: its forward/backward adds zero gradient."""
     row = tu.index_select_tensor_dict(data, [0])
@@ -232,18 +237,11 @@ def split_rows(rows: list[int], data: TensorDict) -> list[list[int]]:
     return [rows[i:i + size] for i in range(0, len(rows), max(1, size))]
 
 
-@dataclass
-class DomainSplit:
-    """One mini-batch grouped by domain, with global counts, ready for a rule."""
-
-    batches: list[DomainBatch]
-    global_units: dict[str, float]
-    global_samples: dict[str, float]
-
-
 def split_by_domain(data: TensorDict, table: DataSourceTable, group: Any, loss_agg_mode: str,
-                    reward_range: tuple[float, float] = (-1.0, 1.0)) -> DomainSplit:
-    """Group ``data``'s rows by domain into equal-count verl micro-batches on every rank."""
+                    reward_range: tuple[float, float] = (-1.0, 1.0)) -> list[DomainBatch]:
+    """``data``'s rows as one ``DomainBatch`` per domain, the same names in the same order on every rank
+    (an empty list where this rank has no row of a domain). A domain with no loss token on any rank
+    (every response unscored) sits the update out; ``mean_reward`` (FAMO) is over the group."""
     if loss_agg_mode not in UNIT_OF_MODE:
         raise ValueError(f"loss_agg_mode {loss_agg_mode!r} has no per-unit mean to split by domain; "
                          f"use one of {sorted(UNIT_OF_MODE)}")
@@ -253,32 +251,25 @@ def split_by_domain(data: TensorDict, table: DataSourceTable, group: Any, loss_a
     rewards = (data["token_level_scores"].sum(-1).float().tolist() if "token_level_scores" in data.keys()
                else [math.nan] * len(domains))
     names = global_domains(domains, group)
-    rows_of = {n: [i for i, d in enumerate(domains) if d == n] for n in names}
-    local_mbs = {n: split_rows(rows_of[n], data) for n in names}
+    rows_of = {n: [i for i, d in enumerate(domains) if d == n and tokens[i] > 0] for n in names}
     k = len(names)
-    counts = all_reduce([float(units[rows_of[n]].sum()) if rows_of[n] else 0.0 for n in names]
-                        + [float((tokens[rows_of[n]] > 0).sum()) if rows_of[n] else 0.0 for n in names]
-                        + [sum(rewards[i] for i in rows_of[n] if tokens[i] > 0) for n in names], group)
-    most = all_reduce([float(len(local_mbs[n])) for n in names], group, dist.ReduceOp.MAX)
-    dp_size = dist.get_world_size(group)
-    split = DomainSplit([], {}, {})
+    counts = torch.tensor([float(units[rows_of[n]].sum()) if rows_of[n] else 0.0 for n in names]
+                          + [float(len(rows_of[n])) for n in names]
+                          + [sum(rewards[i] for i in rows_of[n]) for n in names],
+                          dtype=torch.float64, device=_comm_device(group))
+    dist.all_reduce(counts, group=group)
+    batches = []
     for j, name in enumerate(names):
-        global_units, global_samples, reward_sum = counts[j], counts[k + j], counts[2 * k + j]
+        global_units, global_samples, reward_sum = counts[j].item(), counts[k + j].item(), counts[2 * k + j].item()
         if global_units <= 0:
-            continue  # no loss token anywhere (every row unscored): the domain sits this update out
-        n_mb = int(most[j])
-        micro_batches = []
-        for m in range(n_mb):
-            part = local_mbs[name][m] if m < len(local_mbs[name]) else None
-            mb = tu.index_select_tensor_dict(data, part) if part else zero_weighted(data)
-            tu.assign_non_tensor(mb, batch_num_tokens=1, global_batch_size=1, dp_size=dp_size)
-            micro_batches.append(VerlMicroBatch(mb, global_units / n_mb, global_samples / n_mb))
-        mean_reward = reward_sum / global_samples if global_samples and not math.isnan(reward_sum) else None
-        split.batches.append(DomainBatch(name, micro_batches, mean_reward=mean_reward, reward_range=reward_range))
-        split.global_units[name], split.global_samples[name] = global_units, global_samples
-    if not split.batches:
+            continue
+        micro_batches = [VerlMicroBatch(tu.index_select_tensor_dict(data, part), float(units[part].sum()), len(part))
+                         for part in split_rows(rows_of[name], data)]
+        mean_reward = None if math.isnan(reward_sum) else reward_sum / global_samples
+        batches.append(DomainBatch(name, micro_batches, mean_reward=mean_reward, reward_range=reward_range))
+    if not batches:
         raise ValueError("the actor's mini-batch has no loss token on any rank (every response masked?)")
-    return split
+    return batches
 
 
 # ---- the engine's mini-batch step as a rule's update -----------------------------------------
@@ -300,25 +291,25 @@ class DomainUpdates:
                              "so it runs only with one data-parallel rank")
         config = getattr(loss_function, "keywords", {}).get("config")
         mode = str(getattr(config, "loss_agg_mode", "token-mean"))
-        split = split_by_domain(data, settings.table(), group, mode, settings.reward_range)
+        batches = split_by_domain(data, settings.table(), group, mode, settings.reward_range)
         step = self._mini_batch_key()
         if rule.name == "famo" and step % MINI_BATCH_STRIDE == 0:
-            rule.observe(step, split.batches)
-        objective = VerlObjective(engine, loss_function)
+            rule.observe(step, batches)
+        objective = VerlObjective(engine, loss_function, data)
         optimizer = EngineOptimizer(engine)
-        result = rule.update(engine.module, optimizer, split.batches, objective, step=step)
+        result = rule.update(engine.module, optimizer, batches, objective, step=step)
         outputs = postprocess_batch_func(output_lst=objective.outputs, indices=None, data=data)
         metrics = outputs["metrics"]
         norms = optimizer.grad_norms
         metrics["grad_norm"] = sum(norms) / len(norms) if norms else math.nan
-        total = sum(split.global_samples.values())
-        steps_by_domain = dict(zip(result.order, norms)) if len(norms) == len(result.order) else {}
-        for name in split.global_units:
-            metrics[f"mdreward/{name}/sample_share"] = split.global_samples[name] / total
-            metrics[f"mdreward/{name}/loss"] = result.domains.get(name, {}).get("loss", math.nan)
-            if name in steps_by_domain:
-                metrics[f"mdreward/{name}/grad_norm"] = steps_by_domain[name]
-        metrics["mdreward/first_domain_index"] = float(sorted(split.global_units).index(result.order[0]))
+        if len(norms) == len(result.order):  # one optimizer step per domain (CGPO)
+            for name, norm in zip(result.order, norms):
+                metrics[f"mdreward/{name}/grad_norm"] = norm
+        for name, stats in result.domains.items():
+            for key in ("loss", "units", "famo_weight"):
+                if key in stats:
+                    metrics[f"mdreward/{name}/{key}"] = stats[key]
+        metrics["mdreward/first_domain_index"] = float(sorted(result.domains).index(result.order[0]))
         for key, value in result.extra.items():
             metrics[f"mdreward/{key}"] = value
         return outputs
