@@ -190,3 +190,28 @@ def test_two_ranks_one_without_code_rows_match_one_process_on_the_global_batch(a
         single.train_batch(support.mini_batch(support.GLOBAL_SOURCES, seed=step), support.loss_function(actor))
     assert (ranks[0] - support.flat_params(support.tiny_model())).abs().max() > 1e-4
     torch.testing.assert_close(ranks[0], support.flat_params(single.module), rtol=0, atol=1e-5)
+
+
+def test_the_launch_script_composes_with_verls_config(tmp_path):
+    """examples/verl/run_cgpo.sh's overrides are valid verl keys, and its mdreward_update reaches the workers."""
+    import json
+    import subprocess
+
+    from mdreward.integrations import verl_update
+
+    shim = tmp_path / "python"
+    shim.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done > "$ARGS_OUT"\n')
+    shim.chmod(0o755)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "ARGS_OUT": str(tmp_path / "args"),
+           "MODEL": "/models/qwen", "TRAIN": "/data/train.parquet", "RULE": "cgpo_fix", "ALPHA": "1.3"}
+    subprocess.run(["bash", os.path.join(root, "examples", "verl", "run_cgpo.sh"), "trainer.total_epochs=2"],
+                   env=env, check=True)
+    args = (tmp_path / "args").read_text().splitlines()
+    assert args[:2] == ["-m", "mdreward.integrations.verl_update"]
+    config = verl_update.compose_config(args[2:])
+    settings = prepare_config(config)
+    assert (settings.rule, settings.options["alpha"]) == ("cgpo_fix", 1.3)
+    assert config.actor_rollout_ref.model.path == "/models/qwen" and config.trainer.total_epochs == 2
+    assert config.reward.reward_manager.module.path == "pkg://mdreward.integrations.verl_loop"
+    assert json.loads(config.ray_kwargs.ray_init.runtime_env.env_vars[verl_update.SETTINGS_ENV])["rule"] == "cgpo_fix"

@@ -33,7 +33,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, cast
 
 import torch
 import torch.distributed as dist
@@ -297,7 +297,8 @@ class DomainUpdates:
             rule.observe(step, batches)
         objective = VerlObjective(engine, loss_function, data)
         optimizer = EngineOptimizer(engine)
-        result = rule.update(engine.module, optimizer, batches, objective, step=step)
+        # duck-typed: the rules use param_groups, state, zero_grad and step only
+        result = rule.update(engine.module, cast(torch.optim.Optimizer, optimizer), batches, objective, step=step)
         outputs = postprocess_batch_func(output_lst=objective.outputs, indices=None, data=data)
         metrics = outputs["metrics"]
         norms = optimizer.grad_norms
@@ -359,7 +360,7 @@ def prepare_config(config: Any) -> UpdateSettings:
     raw = OmegaConf.to_container(section, resolve=True) if section is not None else {}
     if not isinstance(raw, dict):
         raise TypeError(f"{CONFIG_KEY} must be a mapping, got {type(raw).__name__}")
-    settings = UpdateSettings.from_mapping(raw)
+    settings = UpdateSettings.from_mapping({str(k): v for k, v in raw.items()})
     with open_dict(config):
         config.pop(CONFIG_KEY, None)
         ray_init = config.ray_kwargs.ray_init
@@ -372,15 +373,21 @@ def prepare_config(config: Any) -> UpdateSettings:
     return settings
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m mdreward.integrations.verl_update <verl overrides> +mdreward_update.rule=cgpo ...``."""
+def compose_config(overrides: Sequence[str]) -> Any:
+    """verl's ``ppo_trainer`` config with command-line ``overrides``, as ``verl.trainer.main_ppo`` composes it."""
     import verl.trainer.main_ppo as main_ppo
     from hydra import compose, initialize_config_dir
 
-    overrides = list(sys.argv[1:] if argv is None else argv)
     config_dir = os.path.join(os.path.dirname(main_ppo.__file__), "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
-        config = compose(config_name="ppo_trainer", overrides=overrides)
+        return compose(config_name="ppo_trainer", overrides=list(overrides))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m mdreward.integrations.verl_update <verl overrides> +mdreward_update.rule=cgpo ...``."""
+    import verl.trainer.main_ppo as main_ppo
+
+    config = compose_config(sys.argv[1:] if argv is None else argv)
     settings = prepare_config(config)
     print(f"mdreward: actor update rule {settings.rule} {dict(settings.options)}", flush=True)
     main_ppo.main(config)  # hydra.main passes a composed config straight through
