@@ -106,9 +106,18 @@ def test_cgpo_is_per_domain_verl_steps_at_scaled_lr_then_interpolation(actor):
     assert [g["lr"] for g in ours.optimizer.param_groups] == [support.LR] * len(ours.optimizer.param_groups)
     assert (expected - phi0).abs().max() > 1e-4
     torch.testing.assert_close(support.flat_params(ours.module), expected, rtol=0, atol=1e-6)
-    assert out["metrics"]["mdreward/first_domain_index"] == sorted(order).index(order[0])
-    assert out["metrics"]["mdreward/math/units"] == float(sum(data["loss_mask"].unbind()[i].sum() for i in range(6)
-                                                              if domains[i] == "math"))
+    assert out["metrics"]["mdreward/first_domain_index"] == [sorted(order).index(order[0])]
+    # what verl's TrainingWorker does with them: gather over the ranks (one here), then flatten
+    from itertools import chain
+
+    from verl.utils.metric.utils import Metric
+
+    gathered = {k: [v] for k, v in out["metrics"].items() if k != "grad_norm"}
+    flat = {k: Metric.aggregate_dp(v) if isinstance(v[0], Metric) else list(chain.from_iterable(v))
+            for k, v in gathered.items()}
+    assert flat["mdreward/math/units"] == out["metrics"]["mdreward/math/units"]
+    assert out["metrics"]["mdreward/math/units"] == [float(sum(data["loss_mask"].unbind()[i].sum() for i in range(6)
+                                                               if domains[i] == "math"))]
     # the next mini-batch of the same scheduler step is keyed 1: its order is seeded_order(.., 1)
     assert ours._mini_batch_key() == 1
 
@@ -215,3 +224,19 @@ def test_the_launch_script_composes_with_verls_config(tmp_path):
     assert config.actor_rollout_ref.model.path == "/models/qwen" and config.trainer.total_epochs == 2
     assert config.reward.reward_manager.module.path == "pkg://mdreward.integrations.verl_loop"
     assert json.loads(config.ray_kwargs.ray_init.runtime_env.env_vars[verl_update.SETTINGS_ENV])["rule"] == "cgpo_fix"
+
+
+def test_famo_weights_come_from_each_domains_mean_reward(actor):
+    """FAMO's q_k = (r_max - mean reward_k) / (r_max - r_min) + eps, from verl's token_level_scores."""
+    scores = [1.0, -1.0, 1.0, 0.0, -1.0, -1.0]  # math rows 0, 2, 3, 5: mean 0.25; code rows 1, 4: mean -1
+    settings = UpdateSettings.from_mapping({"rule": "famo"})
+    engine = enable_domain_updates(support.cpu_engine(support.tiny_model(), actor), settings)
+    out = engine.train_batch(support.mini_batch(SOURCES, scores=scores), support.loss_function(actor))
+    eps = engine.mdreward_rule.eps
+    q = {"math": (1 - 0.25) / 2 + eps, "code": (1 + 1) / 2 + eps}
+    expected = {n: (1 / q[n]) / sum(1 / v for v in q.values()) for n in q}  # z uniform before any w step
+    for name, weight in expected.items():
+        assert out["metrics"][f"mdreward/{name}/famo_weight"] == [pytest.approx(weight)]
+    with pytest.raises(ValueError, match="token_level_scores"):
+        fresh = enable_domain_updates(support.cpu_engine(support.tiny_model(), actor), settings)
+        fresh.train_batch(support.mini_batch(SOURCES), support.loss_function(actor))

@@ -283,6 +283,7 @@ class DomainUpdates:
     def train_batch(self, data: TensorDict, loss_function: Any) -> dict[str, Any]:
         engine: Any = self
         tu.maybe_fix_3d_position_ids(data)
+        tu.assign_non_tensor(data, sp_size=getattr(engine, "ulysses_sequence_parallel_size", 1))
         group = engine.get_data_parallel_group()
         settings = self.mdreward_settings
         rule = self.mdreward_rule
@@ -293,6 +294,9 @@ class DomainUpdates:
         mode = str(getattr(config, "loss_agg_mode", "token-mean"))
         batches = split_by_domain(data, settings.table(), group, mode, settings.reward_range)
         step = self._mini_batch_key()
+        if rule.name == "famo" and "token_level_scores" not in data.keys():
+            raise ValueError("famo needs each domain's mean reward, from 'token_level_scores' in the actor's "
+                             "mini-batch, and it has none")
         if rule.name == "famo" and step % MINI_BATCH_STRIDE == 0:
             rule.observe(step, batches)
         objective = VerlObjective(engine, loss_function, data)
@@ -300,9 +304,10 @@ class DomainUpdates:
         # duck-typed: the rules use param_groups, state, zero_grad and step only
         result = rule.update(engine.module, cast(torch.optim.Optimizer, optimizer), batches, objective, step=step)
         outputs = postprocess_batch_func(output_lst=objective.outputs, indices=None, data=data)
-        metrics = outputs["metrics"]
         norms = optimizer.grad_norms
-        metrics["grad_norm"] = sum(norms) / len(norms) if norms else math.nan
+        outputs["metrics"]["grad_norm"] = sum(norms) / len(norms) if norms else math.nan
+        # as verl's per-micro-batch metrics: lists, which its worker gathers over ranks and flattens
+        metrics: dict[str, float] = {}
         if len(norms) == len(result.order):  # one optimizer step per domain (CGPO)
             for name, norm in zip(result.order, norms):
                 metrics[f"mdreward/{name}/grad_norm"] = norm
@@ -313,6 +318,7 @@ class DomainUpdates:
         metrics["mdreward/first_domain_index"] = float(sorted(result.domains).index(result.order[0]))
         for key, value in result.extra.items():
             metrics[f"mdreward/{key}"] = value
+        outputs["metrics"].update({key: [value] for key, value in metrics.items()})
         return outputs
 
     def _mini_batch_key(self) -> int:
