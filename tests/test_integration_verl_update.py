@@ -166,7 +166,8 @@ def test_settings_fail_at_start_and_reach_the_workers():
     env = config.ray_kwargs.ray_init.runtime_env
     assert env.worker_process_setup_hook == "mdreward.integrations.verl_update.install"
     assert UpdateSettings.from_mapping(__import__("json").loads(env.env_vars.MDREWARD_VERL_UPDATE)) == settings
-    assert settings.build_rule().domain_order(["math", "code"], 0) == ["code", "math"]
+    rule = settings.build_rule()
+    assert rule.domain_order(["math", "code"], 0) == ["code", "math"] and rule.phi0_device == "cpu"
 
 
 def test_install_swaps_verls_actor_worker_class(monkeypatch):

@@ -78,6 +78,8 @@ class UpdateSettings:
         known = {"rule", "data_source_map", "reward_range"}
         rule = str(raw.get("rule", "cgpo"))
         options = {str(k): v for k, v in raw.items() if k not in known}
+        if rule in ("cgpo", "cgpo_fix"):
+            options.setdefault("phi0_device", "cpu")  # the snapshot stays off the accelerator
         if "max_grad_norm" in options:
             raise ValueError("mdreward_update.max_grad_norm: verl clips every sub-step itself; "
                              "set actor_rollout_ref.actor.optim.clip_grad instead")
