@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+import time
 
 import pytest
 
@@ -190,16 +191,22 @@ def test_two_ranks_one_without_code_rows_match_one_process_on_the_global_batch(a
     out_dir = tempfile.mkdtemp(prefix="verl_update_")
     # forkserver: verl, torch and transformers are imported once (in the server), not once per rank
     mp.get_context("forkserver").set_forkserver_preload(["verl_update_support", "mdreward.integrations.verl_update"])
-    mp.start_processes(support.rank_main, args=(2, free_port(), out_dir), nprocs=2, join=True,
-                       start_method="forkserver")
-    ranks = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
-    assert torch.equal(ranks[0], ranks[1])
+    ranks = mp.start_processes(support.rank_main, args=(2, out_dir), nprocs=2, join=False,
+                               start_method="forkserver")
+    deadline = time.monotonic() + 300
+    while not ranks.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("the 2-rank run did not finish in 300 s (a collective left unmatched?)")
+    params = [torch.load(os.path.join(out_dir, f"rank{r}.pt")) for r in range(2)]
+    assert torch.equal(params[0], params[1])
 
     single = enable_domain_updates(support.cpu_engine(support.tiny_model(), actor), support.cgpo_settings())
     for step in range(support.STEPS):
         single.train_batch(support.mini_batch(support.GLOBAL_SOURCES, seed=step), support.loss_function(actor))
-    assert (ranks[0] - support.flat_params(support.tiny_model())).abs().max() > 1e-4
-    torch.testing.assert_close(ranks[0], support.flat_params(single.module), rtol=0, atol=1e-5)
+    assert (params[0] - support.flat_params(support.tiny_model())).abs().max() > 1e-4
+    torch.testing.assert_close(params[0], support.flat_params(single.module), rtol=0, atol=1e-5)
 
 
 def test_the_launch_script_composes_with_verls_config(tmp_path):

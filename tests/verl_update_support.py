@@ -10,6 +10,7 @@ Also the target of the 2-process test's spawned ranks.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from functools import partial
 from typing import Any, Sequence
 
@@ -126,12 +127,13 @@ def cgpo_settings() -> Any:
     return UpdateSettings.from_mapping({"rule": "cgpo", "alpha": 1.5, "seed": 3})
 
 
-def rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
+def rank_main(rank: int, world: int, out_dir: str) -> None:
     """One data-parallel rank: DDP over the tiny model, CGPO on this rank's rows for ``STEPS`` mini-batches."""
     from mdreward.integrations.verl_update import enable_domain_updates
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no TCP port to pick (and lose to another process) before the ranks bind it
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'rendezvous')}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=120))
     torch.set_num_threads(1)
     try:
         actor = verl_actor_config()
