@@ -11,16 +11,26 @@ default, its share of the samples, ``n_k / sum_j n_j`` (Algorithm 1's ``|D_k| / 
 ``"units"`` uses ``units_k / sum_j units_j`` instead, and then ``sum_k share_k * L_k`` is exactly
 the plain joint loss of the mini-batch for every aggregation mode; ``"micro_batches"`` counts
 micro-batches (the authors' code).
+
+Data parallelism (DDP, FSDP2, a verl actor group): an objective with a ``data_parallel``
+attribute (:class:`DataParallel`) makes ``shares`` and ``backward_domain`` work on the global
+mini-batch: counts and units are summed over the ranks, and every rank runs the same number of
+forward/backward passes per domain (a rank short of rows runs its objective's ``filler()`` micro-batch
+with weight 0), so the collectives inside forward and backward always match. Every rank must then
+pass the same domain names in the same order (an empty ``micro_batches`` list where it holds no row of
+a domain).
 """
 from __future__ import annotations
 
 import contextlib
 import math
+from contextlib import AbstractContextManager, nullcontext
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Literal, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Protocol, Sequence
 
 import torch
+import torch.distributed as dist
 
 from .grpo import Aggregate, mean_stats
 
@@ -72,6 +82,58 @@ class UpdateRule(Protocol):
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
+# ---- data parallelism ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataParallel:
+    """The data-parallel group the shared pieces reduce over (set as ``objective.data_parallel``).
+
+    ``grad_average``: the engine averages gradients over the group (DDP, FSDP2 do), so each rank's
+    loss is multiplied by the group size to make the synchronised gradient that of the global loss.
+    ``no_sync(model)``: a context that defers gradient synchronisation (DDP ``no_sync``, FSDP2
+    ``set_requires_gradient_sync(False)``); used for all but a domain's last micro-batch.
+    ``device``: where the reduced tensors live (``cuda`` for NCCL, ``cpu`` for gloo).
+    """
+
+    group: Any = None
+    device: str | torch.device = "cpu"
+    grad_average: bool = True
+    no_sync: Callable[[torch.nn.Module], AbstractContextManager[Any]] | None = None
+
+    @property
+    def size(self) -> int:
+        return dist.get_world_size(self.group)
+
+    def _reduce(self, values: Sequence[float], op: Any) -> list[float]:
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=op, group=self.group)
+        return t.tolist()
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sums over the group (every rank must call with the same length)."""
+        return self._reduce(values, dist.ReduceOp.SUM)
+
+    def max(self, values: Sequence[float]) -> list[float]:
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+
+def data_parallel_of(objective: Any) -> DataParallel | None:
+    """The objective's data-parallel group, or None (single process, or a group of one)."""
+    dp = getattr(objective, "data_parallel", None)
+    if dp is None or not dist.is_available() or not dist.is_initialized():
+        return None
+    return dp
+
+
+def local_tensor(p: torch.Tensor) -> torch.Tensor:
+    """A parameter's local storage: its shard for an FSDP2 DTensor (a view: in-place ops write through)."""
+    to_local = getattr(p, "to_local", None)
+    return to_local() if callable(to_local) else p
+
+
+def is_sharded(params: Iterable[torch.Tensor]) -> bool:
+    return any(callable(getattr(p, "to_local", None)) for p in params)
+
+
 # ---- shared pieces ---------------------------------------------------------------------------
 def domain_units(batch: DomainBatch, objective: Objective) -> float:
     return float(sum(objective.units(mb) for mb in batch.micro_batches))
@@ -86,9 +148,11 @@ def check_share_by(share_by: str) -> None:
         raise ValueError(f"share_by must be one of {SHARE_BY}, got {share_by!r}")
 
 
-def shares(batches: Sequence[DomainBatch], objective: Objective, share_by: ShareBy = "samples") -> dict[str, float]:
+def shares(batches: Sequence[DomainBatch], objective: Objective, share_by: ShareBy = "samples", *,
+           data_parallel: DataParallel | None = None) -> dict[str, float]:
     """Each domain's share of the mini-batch: of its samples (default), units (tokens or sequences),
-    or micro-batches."""
+    or micro-batches. Under data parallelism (``data_parallel``, default the objective's) the counts
+    are summed over the ranks first, so every rank gets the same shares."""
     check_share_by(share_by)
     units = [domain_units(b, objective) for b in batches]
     if share_by == "samples":
@@ -97,6 +161,11 @@ def shares(batches: Sequence[DomainBatch], objective: Objective, share_by: Share
         counts = {b.name: u for b, u in zip(batches, units)}
     else:
         counts = {b.name: float(len(b.micro_batches)) for b in batches}
+    dp = data_parallel or data_parallel_of(objective)
+    if dp is not None:
+        reduced = dp.sum(list(counts.values()) + units)
+        counts = dict(zip(counts, reduced[:len(counts)]))
+        units = reduced[len(counts):]
     total = sum(counts.values())
     if total <= 0 or any(u <= 0 for u in units):
         raise ValueError("the mini-batch has a domain with no units to train on (empty responses?)")
@@ -119,18 +188,50 @@ def importance_factors(names: Sequence[str], weights: Mapping[str, float] | None
     return {n: len(names) * float(weights[n]) / total for n in names}
 
 
+#: The metric sums ``grpo_loss`` reports (summed over ranks under data parallelism).
+STAT_SUMS = ("tokens", "kl_tok", "clip_tok", "ratio_tok", "policy_loss_tok")
+
+
 def backward_domain(model: torch.nn.Module, batch: DomainBatch, objective: Objective, scale: float,
-                    units: float | None = None) -> dict[str, float]:
-    """Accumulate ``scale * L_k`` gradients over the domain's micro-batches; return its metrics."""
-    units = domain_units(batch, objective) if units is None else units
+                    units: float | None = None, *, data_parallel: DataParallel | None = None) -> dict[str, float]:
+    """Accumulate ``scale * L_k`` gradients over the domain's micro-batches; return its metrics.
+
+    Under data parallelism (``data_parallel``, default the objective's) ``L_k`` is the domain's loss
+    over all ranks: ``units`` defaults to the global count, every rank runs the group's largest number
+    of micro-batches of the domain (padding with ``objective.filler()`` at weight 0), and the metrics
+    are global.
+    """
+    dp = data_parallel or data_parallel_of(objective)
+    passes: list[tuple[Any, float]] = [(mb, 1.0) for mb in batch.micro_batches]
+    grad_factor = 1.0
+    if dp is None:
+        units = domain_units(batch, objective) if units is None else units
+    else:
+        local_units, count = domain_units(batch, objective), float(len(passes))
+        total_units = dp.sum([local_units])[0]
+        most = int(dp.max([count])[0])
+        units = total_units if units is None else units
+        if most > len(passes):
+            filler = objective.filler()  # type: ignore[attr-defined]
+            passes += [(filler, 0.0)] * (most - len(passes))
+        grad_factor = float(dp.size) if dp.grad_average else 1.0
     loss_value = 0.0
     stats: list[dict[str, float]] = []
-    for mb in batch.micro_batches:
-        agg, st = objective(model, mb)
-        loss = agg.total / units
-        (loss * scale).backward()
-        loss_value += float(loss.detach())
-        stats.append(st)
+    for i, (mb, weight) in enumerate(passes):
+        defer = dp is not None and dp.no_sync is not None and i < len(passes) - 1
+        with dp.no_sync(model) if defer else nullcontext():  # type: ignore[union-attr,misc]
+            agg, st = objective(model, mb)
+            loss = agg.total / units
+            (loss * (scale * grad_factor * weight)).backward()
+        if weight:
+            loss_value += float(loss.detach())
+            stats.append(st)
+    if dp is not None:
+        local = [loss_value, float(bool(stats) and "tokens" in stats[0])]
+        local += [sum(s.get(k, 0.0) for s in stats) for k in STAT_SUMS]
+        reduced = dp.sum(local)
+        loss_value = reduced[0]
+        stats = [dict(zip(STAT_SUMS, reduced[2:]))] if reduced[1] > 0 else []
     out = {"loss": loss_value, "units": units}
     if stats and "tokens" in stats[0]:
         out.update(mean_stats(stats))
@@ -278,7 +379,9 @@ class CGPO:
         phi0 = None
         if self.alpha != 1.0:
             with torch.no_grad():
-                phi0 = [p.detach().to(self.phi0_device or p.device, copy=True) for p in params]
+                # FSDP2: each rank snapshots (and later interpolates) its own shard of every parameter
+                phi0 = [local_tensor(p.detach()).to(self.phi0_device or local_tensor(p).device, copy=True)
+                        for p in params]
         result = UpdateResult(order=order)
         for name in order:
             scale = share[name] * factor[name]
@@ -303,7 +406,8 @@ class CGPO:
             with torch.no_grad():
                 for p, p0 in zip(params, phi0):
                     # lerp(start=phi_K, end=phi_0, w=1-alpha) = phi_0 + alpha (phi_K - phi_0); exact at alpha 0 and 1
-                    p.lerp_(p0.to(p.device, non_blocking=True), 1.0 - self.alpha)
+                    shard = local_tensor(p)
+                    shard.lerp_(p0.to(shard.device, non_blocking=True), 1.0 - self.alpha)
         if scheduler is not None:
             scheduler.step()
         return result
@@ -490,6 +594,9 @@ class PCGrad(Stateless):
         share = shares(batches, objective, self.share_by)
         factor = importance_factors([b.name for b in batches], self.domain_weights)
         params = [p for p in _params(optimizer) if p.requires_grad]
+        if is_sharded(params):
+            raise ValueError("PCGrad projects whole per-domain gradients; with sharded (FSDP2) parameters each rank "
+                             "holds only a shard of them: run PCGrad under DDP (or one process)")
         result = UpdateResult(order=[b.name for b in batches])
         flat = []
         for b in batches:
