@@ -23,6 +23,7 @@ from mdreward import FormatRules, Sample, Scorer, ScoringConfig, Status
 from .config import TrainConfig
 from .curricula import MixedSampler, PhaseSampler, SelfPacedSampler
 from .grpo import GRPOConfig, group_advantages
+from .gxpo import GXPOSettings
 from .metrics import MetricsLog, is_success, plot_runs, success_threshold
 from .rollout import GRPOObjective, HFGenerator, MicroBatch, Rollouts, VLLMGenerator, build_micro_batches, recorded_logprobs
 from .tasks import Prompt, load_prompt_file, synthetic_prompts
@@ -149,11 +150,17 @@ class LocalEngine:
         u, seed = self.cfg.update, self.cfg.run.seed
         common: dict[str, Any] = {"max_grad_norm": u.max_grad_norm}
         shared = {"share_by": u.share_by, **common}
-        if u.rule in ("cgpo", "cgpo_fix"):
+        if u.rule in ("gxpo", "cgpo_gxpo"):
+            GXPOSettings.from_options(u.gxpo)  # an unknown option is an error naming it
+        if u.rule == "gxpo":
+            return make_rule("gxpo", domain_weights=u.domain_weights, **shared, **(u.gxpo or {}))
+        if u.rule in ("cgpo", "cgpo_fix", "cgpo_gxpo"):
             opts: dict[str, Any] = dict(alpha=u.alpha, scaling=u.scaling, seed=seed, phi0_device=u.phi0_device,
                                         domain_weights=u.domain_weights, optimizer_state=u.optimizer_state, **shared)
             if u.rule == "cgpo_fix":
                 opts["fixed_order"] = u.fixed_order
+            if u.rule == "cgpo_gxpo":
+                opts["gxpo"] = dict(u.gxpo or {})
             return make_rule(u.rule, **opts)
         if u.rule == "famo":
             return make_rule("famo", w_lr=u.famo_w_lr, gamma=u.famo_gamma, **common)
