@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainers.grpo import Aggregate
-from trainers.gxpo import CGPOGXPO, GXPO, GXPOSettings, extrapolation_scale, geometric_sum
+from trainers.gxpo import CGPOGXPO, FAMOGXPO, GXPO, GXPOSettings, extrapolation_scale, geometric_sum
 from trainers.updates import DomainBatch, make_rule
 
 F64 = torch.float64
@@ -181,6 +181,15 @@ class MSE:
         return Aggregate(((model(x) - y) ** 2).sum(), float(x.shape[0])), {}
 
 
+class CountingMSE(MSE):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, model, mb):
+        self.calls += 1
+        return super().__call__(model, mb)
+
+
 def net(seed=0):
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
@@ -225,6 +234,24 @@ def test_cgpo_gxpo_by_hand_under_sgd_two_domains():
             p.copy_(p0 + 1.2 * (p - p0))
     for p, q in zip(model.parameters(), manual.parameters()):
         assert torch.allclose(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_famo_gxpo_is_gxpo_on_famos_weighted_loss():
+    """Equal sample counts: GXPO with domain weights a_k minimises sum_k a_k L_k, FAMO's loss."""
+    batches = [domain(0, 4), domain(1, 4)]
+    batches[0].mean_reward, batches[1].mean_reward = 0.5, -0.5   # FAMO weights ~ 1/q: 0.75 / 0.25
+    options = dict(virtual_steps=3, alpha=0.8)
+    famo = FAMOGXPO(gxpo=options)
+    famo.observe(0, batches)
+    weights = famo.loss_weights(["d0", "d1"])
+    assert weights["d0"] == pytest.approx(0.75, abs=1e-3)
+    a, b, counting = net(), net(), CountingMSE()
+    result = famo.update(a, torch.optim.SGD(a.parameters(), lr=0.05), batches, counting, step=0)
+    GXPO(domain_weights=weights, **options).update(b, torch.optim.SGD(b.parameters(), lr=0.05), batches, MSE(), step=0)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, rtol=1e-12, atol=1e-14)
+    assert counting.calls == 3 * 4 and result.domains["d0"]["famo_weight"] == weights["d0"]
+    assert FAMOGXPO(gxpo=options).state_dict()["gate"]["updates"] == 0 and famo.state_dict()["gate"]["updates"] == 1
 
 
 def test_gxpo_state_survives_a_checkpoint_exactly():

@@ -150,7 +150,7 @@ class LocalEngine:
         u, seed = self.cfg.update, self.cfg.run.seed
         common: dict[str, Any] = {"max_grad_norm": u.max_grad_norm}
         shared = {"share_by": u.share_by, **common}
-        if u.rule in ("gxpo", "cgpo_gxpo"):
+        if u.rule in ("gxpo", "cgpo_gxpo", "famo_gxpo"):
             GXPOSettings.from_options(u.gxpo)  # an unknown option is an error naming it
         if u.rule == "gxpo":
             return make_rule("gxpo", domain_weights=u.domain_weights, **shared, **(u.gxpo or {}))
@@ -164,6 +164,8 @@ class LocalEngine:
             return make_rule(u.rule, **opts)
         if u.rule == "famo":
             return make_rule("famo", w_lr=u.famo_w_lr, gamma=u.famo_gamma, **common)
+        if u.rule == "famo_gxpo":
+            return make_rule("famo_gxpo", w_lr=u.famo_w_lr, gamma=u.famo_gamma, gxpo=dict(u.gxpo or {}), **common)
         if u.rule == "pcgrad":
             return make_rule("pcgrad", seed=seed, domain_weights=u.domain_weights, **shared)
         return make_rule(u.rule, domain_weights=u.domain_weights, **shared)

@@ -13,7 +13,8 @@ An active GXPO update, on one mini-batch, with the loss ``L`` that joint learnin
    later update is a single-pass (joint, i.e. GRPO) step, for good.
 
 Three backward passes per active update, one after the gate trips. ``GXPO`` applies this to the whole
-mini-batch; ``CGPOGXPO`` (``cgpo_gxpo``) uses it for each of CGPO's domain sub-steps.
+mini-batch; ``CGPOGXPO`` (``cgpo_gxpo``) uses it for each of CGPO's domain sub-steps and ``FAMOGXPO``
+(``famo_gxpo``) for FAMO's step on its weighted loss.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import torch
 
-from .updates import (CGPO, DomainBatch, ShareBy, UpdateResult, _params, backward_domain, check_share_by,
+from .updates import (CGPO, FAMO, DomainBatch, ShareBy, UpdateResult, _params, backward_domain, check_share_by,
                       clip_and_step, importance_factors, shares)
 
 #: Stabilizers of the authors' released code (``stabilize=True``): active ratios clamped to this range ...
@@ -380,4 +381,47 @@ class CGPOGXPO(CGPO):
             self.gate(name).load_state_dict(gate_state)
 
 
-__all__ = ["CGPOGXPO", "GXPO", "GXPOSettings", "Gate", "extrapolated_step", "extrapolation_scale", "geometric_sum"]
+# ---- GXPO on FAMO's weighted loss ----------------------------------------------------------------
+@dataclass
+class FAMOGXPO(FAMO):
+    """FAMO whose single step on ``sum_k a_k L_k`` is a GXPO update (the weights stay fixed within it).
+
+    FAMO's task weights move in ``observe`` (once per rollout step), as in ``famo``; ``gxpo``: the
+    GXPO options (``GXPOSettings`` field names).
+    """
+
+    gxpo: Mapping[str, Any] = field(default_factory=dict)
+    name: str = "famo_gxpo"
+
+    def __post_init__(self) -> None:
+        self._settings = GXPOSettings.from_options(self.gxpo)
+        self._gate = Gate(self._settings)
+
+    def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
+        names = [b.name for b in batches]
+        if not self._q or not set(names) <= set(self._q):
+            self.observe(step, batches)  # used without an engine: measure q from this mini-batch
+        weights = self.loss_weights(names)
+        params = [p for p in _params(optimizer) if p.requires_grad]
+
+        def backward() -> dict[str, dict[str, float]]:
+            optimizer.zero_grad(set_to_none=True)
+            return {b.name: {**backward_domain(model, b, objective, weights[b.name]), "famo_weight": weights[b.name]}
+                    for b in batches}
+
+        domains, extra = extrapolated_step(self._settings, self._gate, optimizer, params, backward,
+                                           lambda: clip_and_step(model, optimizer, self.max_grad_norm))
+        if scheduler is not None:
+            scheduler.step()
+        return UpdateResult(order=names, domains=domains, extra=extra)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "gate": self._gate.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("gate") is not None:
+            self._gate.load_state_dict(state["gate"])
+        super().load_state_dict(state)
+
+
+__all__ = ["CGPOGXPO", "FAMOGXPO", "GXPO", "GXPOSettings", "Gate", "extrapolated_step", "extrapolation_scale", "geometric_sum"]

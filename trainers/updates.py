@@ -526,5 +526,5 @@ def make_rule(name: str, **options: Any) -> UpdateRule:
         raise ValueError(f"unknown update rule {name!r}; known: {sorted(RULES) + ['cgpo_fix']}")
     return RULES[name](**options)
 
-from .gxpo import CGPOGXPO, GXPO  # noqa: E402  (after RULES: trainers.gxpo imports this module)
-RULES.update(gxpo=GXPO, cgpo_gxpo=CGPOGXPO)
+from .gxpo import CGPOGXPO, FAMOGXPO, GXPO  # noqa: E402  (after RULES: trainers.gxpo imports this module)
+RULES.update(gxpo=GXPO, cgpo_gxpo=CGPOGXPO, famo_gxpo=FAMOGXPO)
