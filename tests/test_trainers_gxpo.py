@@ -10,6 +10,8 @@ from trainers.grpo import Aggregate
 from trainers.gxpo import CGPOGXPO, FAMOGXPO, GXPO, GXPOSettings, extrapolation_scale, geometric_sum
 from trainers.updates import DomainBatch, make_rule
 
+from test_trainers_core import MSEObjective as MSE  # tests/ is on sys.path under pytest
+
 F64 = torch.float64
 
 
@@ -169,18 +171,6 @@ def test_adam_state_during_the_fast_steps(fast_state):
 
 
 # ---- composition with CGPO -----------------------------------------------------------------------
-class MSE:
-    def units(self, mb):
-        return float(mb[0].shape[0])
-
-    def samples(self, mb):
-        return int(mb[0].shape[0])
-
-    def __call__(self, model, mb):
-        x, y = mb
-        return Aggregate(((model(x) - y) ** 2).sum(), float(x.shape[0])), {}
-
-
 class CountingMSE(MSE):
     def __init__(self) -> None:
         self.calls = 0
