@@ -155,6 +155,14 @@ def extrapolation_scale(g0: torch.Tensor, g1: torch.Tensor, settings: GXPOSettin
     return scale, active, clamped
 
 
+def _total(values: Sequence[torch.Tensor]) -> float:
+    """Sum of 0-d tensors with one device sync (not one per parameter)."""
+    if not values:
+        return 0.0
+    device = values[0].device
+    return float(torch.stack([v.to(device, torch.float64) for v in values]).sum())
+
+
 def _grad_norm(params: Sequence[torch.Tensor]) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
@@ -215,28 +223,28 @@ def extrapolated_step(settings: GXPOSettings, gate: Gate, optimizer: torch.optim
     g1_norm = _grad_norm(params) / grad_scale
     if not math.isfinite(g1_norm):
         return give_up(2.0)
-    active = clamped = total = 0
-    dot01 = 0.0
+    sums: dict[str, list[torch.Tensor]] = {k: [] for k in ("dot01", "active", "clamped", "observed", "extrapolated",
+                                                             "scale")}
     with torch.no_grad():
         for i, p in enumerate(params):
             g0 = buffers[i]
             g1 = p.grad if p.grad is not None else torch.zeros_like(p)
-            dot01 += float((g0 * g1).sum())
+            sums["dot01"].append((g0 * g1).sum())
             buffers[i], act, clip = extrapolation_scale(g0, g1, settings)  # the g0 buffer becomes the scale
-            active += int(act.sum())
-            clamped += int(clip.sum())
-            total += p.numel()
+            sums["active"].append(act.sum())
+            sums["clamped"].append(clip.sum())
     step()                                                       # fast step 2: theta2
-    observed_sq = extrapolated_sq = scale_sum = 0.0
     with torch.no_grad():
         for p, t0, scale in zip(params, theta0, buffers):
             p.sub_(t0)                                           # theta2 - theta0
-            observed_sq += float(p.square().sum())
+            sums["observed"].append(p.square().sum())
             p.mul_(scale)                                        # theta_K - theta0
-            extrapolated_sq += float(p.square().sum())
-            scale_sum += float(scale.sum())
+            sums["extrapolated"].append(p.square().sum())
+            sums["scale"].append(scale.sum())
             p.mul_(settings.alpha).add_(t0)                      # theta~ = theta0 + alpha (theta_K - theta0)
     del buffers
+    total = sum(p.numel() for p in params)
+    dot01, active, clamped, observed_sq, extrapolated_sq, scale_sum = (_total(sums[k]) for k in sums)
     if saved is not None:
         _restore_optimizer_state(optimizer, saved)
     backward()                                                   # backward pass 3: g_slow at theta~
