@@ -78,7 +78,7 @@ class UpdateConfig:
     domain_weights: dict[str, float] | None = None
     famo_w_lr: float = 0.025
     famo_gamma: float = 0.01
-    gxpo: dict[str, Any] | None = None   # rules gxpo, cgpo_gxpo, famo_gxpo: GXPO options (trainers.gxpo.GXPOSettings fields)
+    gxpo: dict[str, Any] | None = None   # gxpo, cgpo_gxpo, famo_gxpo: GXPO options (GXPOSettings fields)
 
 
 @dataclass
