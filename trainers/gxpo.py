@@ -432,4 +432,5 @@ class FAMOGXPO(FAMO):
         super().load_state_dict(state)
 
 
-__all__ = ["CGPOGXPO", "FAMOGXPO", "GXPO", "GXPOSettings", "Gate", "extrapolated_step", "extrapolation_scale", "geometric_sum"]
+__all__ = ["CGPOGXPO", "FAMOGXPO", "GXPO", "GXPOSettings", "Gate", "extrapolated_step", "extrapolation_scale",
+           "geometric_sum"]
