@@ -56,6 +56,8 @@ RULES = {
     "mgs_per_tensor": dict(name="mgs", modules="parameter"),  # the MGS authors' code: one module per tensor
     "capo": dict(name="capo"),
     "capo_cgpo": dict(name="capo", inner="cgpo", inner_options={"alpha": 1.2}),
+    "gxpo": dict(name="gxpo"),  # paper defaults (K 5, alpha 0.5); the gate cannot trip within a run's few updates
+    "cgpo_gxpo": dict(name="cgpo_gxpo", alpha=1.2),
 }
 ACCELERATOR_ONLY = {"cgpo_phi0_cpu": dict(name="cgpo", alpha=1.2, phi0_device="cpu")}  # same as cgpo on CPU
 
@@ -218,6 +220,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--unfused", action="store_true", help="torch's default AdamW instead of the fused one")
+    ap.add_argument("--name", default=None, help="results file name (default: trainers or trainers_unfused)")
     ap.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.unfused:
@@ -270,7 +273,7 @@ def main() -> None:
     table = markdown_table(["model", "params", "rule", "update ms (median)", "median / joint median",
                             "median of per-round ratios", "peak extra MB", "extra vs joint (param copies)"], rows)
     print(table)
-    path = save("trainers" + ("_unfused" if args.unfused else ""),
+    path = save(args.name or "trainers" + ("_unfused" if args.unfused else ""),
                 {"device": args.device, "threads": args.threads, "rounds": args.rounds, "fused_adamw": not args.unfused,
                              "load_avg": os.getloadavg(), "results": results, "table": table})
     print(f"saved {path}")

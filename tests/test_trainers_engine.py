@@ -323,3 +323,36 @@ def test_vllm_rollouts_without_vllm_fail_loudly(policy_dir, scorer, tmp_path):
     cfg.rollout.engine = "vllm"
     with pytest.raises(RuntimeError, match="needs the 'vllm' extra"):
         LocalEngine(cfg, scorer=scorer)
+
+
+@pytest.mark.parametrize("rule", ["gxpo", "cgpo_gxpo"])
+def test_gxpo_rules_run_in_the_engine_with_three_backward_passes(policy_dir, scorer, tmp_path, rule):
+    cfg = config(policy_dir, tmp_path / "run", rule=rule, gxpo={"virtual_steps": 3, "alpha": 0.5})
+    cfg.run.eval_every = cfg.run.plot_every = 0
+    engine = LocalEngine(cfg, scorer=scorer)
+    objective, update, passes = engine.objective, engine.rule.update, []
+
+    def counted(model, micro_batch):
+        passes[-1][0] += 1
+        return objective(model, micro_batch)
+
+    def update_counting(model, optimizer, batches, objective_, **kw):
+        passes.append([0, sum(len(b.micro_batches) for b in batches)])
+        return update(model, optimizer, batches, objective_, **kw)
+
+    engine.objective = type("Counted", (), {"units": objective.units, "samples": objective.samples,
+                                            "__call__": staticmethod(counted)})()
+    engine.rule.update = update_counting
+    before = params(engine.model)
+    records = engine.train()
+    engine.close()
+    after = params(engine.model)
+    assert torch.isfinite(after).all() and not torch.equal(before, after)
+    assert len(passes) == 4 and all(calls == 3 * micro for calls, micro in passes)  # measured, not reported
+    for r in records:
+        metrics = r["update"]["_all"] if rule == "gxpo" else r["update"]["arith"]
+        assert metrics["backward_passes"] == 3 and metrics["gxpo_active"] == 1
+        assert 0 < metrics["gxpo_active_fraction"] <= 1 and metrics["gxpo_extrapolated_norm"] > 0
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["rule"]
+    gates = [state["gate"]] if rule == "gxpo" else list(state["gates"].values())
+    assert gates and all(g["updates"] == 4 and g["tripped_at"] is None for g in gates)

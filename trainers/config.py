@@ -90,6 +90,7 @@ class UpdateConfig:
     capo_optimizer_model: str = "adam"   # CAPO: adam | sgd, the update direction it predicts with
     capo_top_k: int | None = 50          # CAPO: LM-head rows per token (top-k + the sampled token); None: all
     capo_max_masked_fraction: float | None = None  # CAPO: cap on masked tokens per micro-batch (ours; off)
+    gxpo: dict[str, Any] | None = None   # gxpo, cgpo_gxpo, famo_gxpo: GXPO options (GXPOSettings fields)
 
 
 @dataclass

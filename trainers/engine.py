@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .conflict import check_grouping, measure_conflicts
 from .curricula import MixedSampler, PhaseSampler, RefreshSampler, Sampler, SelfPacedSampler, refresh_step_count
 from .grpo import GRPOConfig, group_advantages
+from .gxpo import GXPOSettings
 from .metrics import MetricsLog, is_success, plot_runs, success_threshold
 from .rollout import GRPOObjective, HFGenerator, MicroBatch, Rollouts, VLLMGenerator, build_micro_batches, recorded_logprobs
 from .tasks import Prompt, load_prompt_file, synthetic_prompts
@@ -156,14 +157,22 @@ class LocalEngine:
             return self._capo_rule()
         common: dict[str, Any] = {"max_grad_norm": u.max_grad_norm}
         shared = {"share_by": u.share_by, **common}
-        if u.rule in ("cgpo", "cgpo_fix"):
+        if u.rule in ("gxpo", "cgpo_gxpo", "famo_gxpo"):
+            GXPOSettings.from_options(u.gxpo)  # an unknown option is an error naming it
+        if u.rule == "gxpo":
+            return make_rule("gxpo", domain_weights=u.domain_weights, **shared, **(u.gxpo or {}))
+        if u.rule in ("cgpo", "cgpo_fix", "cgpo_gxpo"):
             opts: dict[str, Any] = dict(alpha=u.alpha, scaling=u.scaling, seed=seed, phi0_device=u.phi0_device,
                                         domain_weights=u.domain_weights, optimizer_state=u.optimizer_state, **shared)
             if u.rule == "cgpo_fix":
                 opts["fixed_order"] = u.fixed_order
+            if u.rule == "cgpo_gxpo":
+                opts["gxpo"] = dict(u.gxpo or {})
             return make_rule(u.rule, **opts)
         if u.rule == "famo":
             return make_rule("famo", w_lr=u.famo_w_lr, gamma=u.famo_gamma, **common)
+        if u.rule == "famo_gxpo":
+            return make_rule("famo_gxpo", w_lr=u.famo_w_lr, gamma=u.famo_gamma, gxpo=dict(u.gxpo or {}), **common)
         if u.rule == "pcgrad":
             return make_rule("pcgrad", seed=seed, domain_weights=u.domain_weights, **shared)
         if u.rule == "mgs":

@@ -638,3 +638,5 @@ from .mgs import MGS  # noqa: E402  (at the end: trainers.mgs builds on this mod
 RULES["mgs"] = MGS
 from .capo import CAPO  # noqa: E402  (CAPO wraps the rules above: imported after RULES)
 RULES["capo"] = CAPO
+from .gxpo import CGPOGXPO, FAMOGXPO, GXPO  # noqa: E402  (after RULES: trainers.gxpo imports this module)
+RULES.update(gxpo=GXPO, cgpo_gxpo=CGPOGXPO, famo_gxpo=FAMOGXPO)
