@@ -1,5 +1,6 @@
-"""TRL runs for test_trl_cgpo.py: ``python trl_targets.py OUT_DIR MODE`` (MODE ``single``), or under
-``torchrun --nproc_per_node 2`` (MODE ``ddp`` or ``fsdp2``; gloo on CPU).
+"""TRL runs for test_trl_cgpo.py: ``python trl_targets.py OUT_DIR single``, or
+``torchrun --nproc_per_node 2 trl_targets.py OUT_DIR ddp`` (gloo on CPU). No FSDP2 here: accelerate
+1.15 turns FSDP on only for accelerator devices (a CPU run stays MULTI_CPU, i.e. DDP).
 
 A tiny Qwen2 built offline, a math + keyword dataset scored by mdreward's TRL reward functions, and
 a fixed ``rollout_func`` (TRL's own hook): every prompt and completion has a fixed token length and
@@ -88,14 +89,11 @@ def train(out: Path, mode: str, rule: str | None, world: int) -> dict[str, Any]:
     tokenizer = build_tokenizer()
     model = tiny_qwen2(tokenizer, seed=0)
     per_device = 8 // world
-    extra: dict[str, Any] = {}
-    if mode == "fsdp2":
-        extra = {"fsdp": "full_shard", "fsdp_config": {"fsdp_version": 2, "reshard_after_forward": True}}
     args = GRPOConfig(output_dir=str(out / f"run-{mode}-{rule}"), per_device_train_batch_size=per_device,
                       gradient_accumulation_steps=2, steps_per_generation=2, num_generations=2,
                       max_completion_length=COMPLETION_TOKENS, max_steps=STEPS, logging_steps=1, learning_rate=3e-3,
                       beta=0.0, report_to="none", use_cpu=True, bf16=False, save_strategy="no", disable_tqdm=True,
-                      seed=0, shuffle_dataset=False, lr_scheduler_type="linear", max_grad_norm=1.0, **extra)
+                      seed=0, shuffle_dataset=False, lr_scheduler_type="linear", max_grad_norm=1.0)
     config = mdreward.ScoringConfig(format_rules=mdreward.FormatRules(require_think=False))
     scorer = mdreward.Scorer(config, registry=registry_with(KEYWORD))
     try:
@@ -104,16 +102,19 @@ def train(out: Path, mode: str, rule: str | None, world: int) -> dict[str, Any]:
                       rollout_func=make_rollout(tokenizer, {r["prompt"]: r for r in data}))
         trainer: Any = GRPOTrainer(**common) if rule is None else CGPOTrainer(rule=rule, **common)
         seen: list[list[str]] = []
+        stored_logps: list[bool] = []
         if rule is not None:
             original = trainer._update
 
             def recording_update(m: torch.nn.Module) -> torch.Tensor:
                 seen.append([d for mb in trainer._window for d in mb["domain"]])
+                stored_logps.append(all(mb.get("old_per_token_logps") is not None for mb in trainer._window))
                 return original(m)
 
             trainer._update = recording_update
         trainer.train()
         params = {}
+        sharded = any(callable(getattr(p, "full_tensor", None)) for p in trainer.model.parameters())
         for name, p in trainer.model.named_parameters():
             full = p.full_tensor() if callable(getattr(p, "full_tensor", None)) else p
             params[name] = full.detach().clone()
@@ -123,7 +124,9 @@ def train(out: Path, mode: str, rule: str | None, world: int) -> dict[str, Any]:
             saved = str(out / f"saved-{mode}-{rule}")
     finally:
         scorer.close()
-    return {"params": params, "logs": trainer.state.log_history, "domains_seen": seen, "saved": saved}
+    return {"params": params, "logs": trainer.state.log_history, "domains_seen": seen, "saved": saved,
+            "stored_logps": stored_logps,
+            "sharded": sharded, "distributed_type": str(trainer.accelerator.distributed_type)}
 
 
 def main(out_dir: str, mode: str) -> None:
