@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -129,7 +129,7 @@ class TRLObjective:
         return self._filler
 
     def normaliser(self, mb: Batch) -> torch.Tensor | float:
-        t = self.trainer
+        t: Any = self.trainer
         if t.loss_type == "bnpo":
             return self._mask(mb).sum().clamp(min=1.0)
         if t.loss_type in GLOBAL_TOKEN_LOSSES:
@@ -184,17 +184,18 @@ class CGPOTrainer(GRPOTrainer):
         if self._entropy_bonus_enabled or self.aux_loss_enabled:
             raise ValueError("CGPOTrainer does not split TRL's entropy bonus or router aux loss by domain: set "
                              "entropy_coef=0 (no adaptive entropy) and router_aux_loss_coef=0")
-        if self.args.steps_per_generation % self.args.gradient_accumulation_steps:
-            raise ValueError(f"steps_per_generation ({self.args.steps_per_generation}) must be a multiple of "
-                             f"gradient_accumulation_steps ({self.args.gradient_accumulation_steps}): one optimizer "
+        args: Any = self.args
+        if args.steps_per_generation % args.gradient_accumulation_steps:
+            raise ValueError(f"steps_per_generation ({args.steps_per_generation}) must be a multiple of "
+                             f"gradient_accumulation_steps ({args.gradient_accumulation_steps}): one optimizer "
                              "step's rows must come from one generation batch")
 
     # ---- generation: carry domains, rewards and the rollout log-probabilities ----------------
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[no-untyped-def]
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[no-untyped-def,unused-ignore]
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self._rewards_per_func
 
-    def _generate_and_score_completions(self, inputs):  # type: ignore[no-untyped-def]
+    def _generate_and_score_completions(self, inputs):  # type: ignore[no-untyped-def,unused-ignore]
         output = super()._generate_and_score_completions(inputs)
         if not self.model.training:
             return output
@@ -226,14 +227,16 @@ class CGPOTrainer(GRPOTrainer):
                              "only with vLLM importance sampling on (use_vllm=True)")
         ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
         mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+        model: Any = self.model
+        checkpointing: Any = self.args.gradient_checkpointing_kwargs
+        with torch.no_grad(), disable_gradient_checkpointing(model, checkpointing):
             logps, _, _ = self._get_per_token_logps_and_entropies(
                 self.model, ids, mask, output["completion_ids"].size(1),
                 batch_size=self.args.per_device_train_batch_size)
         return logps
 
     # ---- the optimizer step ------------------------------------------------------------------
-    def training_step(self, model, inputs, num_items_in_batch):  # type: ignore[no-untyped-def]
+    def training_step(self, model, inputs, num_items_in_batch):  # type: ignore[no-untyped-def,unused-ignore]
         started = time.perf_counter()
         model.train()
         self._window.append(self._prepare_inputs(inputs))
@@ -263,20 +266,26 @@ class CGPOTrainer(GRPOTrainer):
                    for name, rows in local.items()}
         everything = gather_object([summary]) if self.accelerator.num_processes > 1 else [summary]
         counts: Counter[str] = Counter()
-        reward_sums: Counter[str] = Counter()
+        most: Counter[str] = Counter()  # the largest number of rows of the domain on one rank
+        reward_sums: dict[str, float] = defaultdict(float)
         scored: Counter[str] = Counter()
         for part in everything:
             for name, (n, total, m) in part.items():
                 counts[name] += n
+                most[name] = max(most[name], int(n))
                 reward_sums[name] += total
                 scored[name] += m
-        size = self.args.per_device_train_batch_size
         batches = []
         for name in sorted(counts):
+            # as few passes as per_device_train_batch_size allows, rows spread evenly over them: every
+            # rank's micro-batches of the domain have the same width (TRL gathers per-row metrics)
+            passes = -(-most[name] // self.args.per_device_train_batch_size)
+            width = -(-most[name] // passes)
             rows = local.get(name, [])
-            micro = [padded_rows(batch, rows[i:i + size], size) for i in range(0, len(rows), size)]
+            micro = [padded_rows(batch, rows[i:i + width], width) for i in range(0, len(rows), width)]
             mean = reward_sums[name] / scored[name] if scored[name] else None
-            batches.append(DomainBatch(name, micro, mean_reward=mean, reward_range=self._reward_range(name)))
+            batches.append(DomainBatch(name, micro, mean_reward=mean, reward_range=self._reward_range(name),
+                                       filler=padded_rows(batch, [], width)))
         return batches, dict(counts)
 
     def _reward_range(self, domain: str) -> tuple[float, float]:
@@ -304,7 +313,7 @@ class CGPOTrainer(GRPOTrainer):
         if self._generations != self._observed:  # once per rollout batch (FAMO's progress signal)
             self.rule.observe(step, domain_batches)
             self._observed = self._generations
-        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper -> torch's
+        optimizer: Any = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper -> torch's
         accumulation, self.current_gradient_accumulation_steps = self.current_gradient_accumulation_steps, 1
         started = time.perf_counter()
         try:
@@ -333,7 +342,7 @@ class CGPOTrainer(GRPOTrainer):
     def _rule_state_path(self, folder: str) -> str:
         return os.path.join(folder, f"update_rule_rank{self.accelerator.process_index}.pt")
 
-    def _save_checkpoint(self, model, trial):  # type: ignore[no-untyped-def]
+    def _save_checkpoint(self, model, trial):  # type: ignore[no-untyped-def,unused-ignore]
         super()._save_checkpoint(model, trial)
         state = self.rule.state_dict()
         if state:
@@ -341,7 +350,7 @@ class CGPOTrainer(GRPOTrainer):
             os.makedirs(folder, exist_ok=True)
             torch.save(state, self._rule_state_path(folder))
 
-    def _load_optimizer_and_scheduler(self, checkpoint):  # type: ignore[no-untyped-def]
+    def _load_optimizer_and_scheduler(self, checkpoint):  # type: ignore[no-untyped-def,unused-ignore]
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None and os.path.exists(self._rule_state_path(checkpoint)):
             self.rule.load_state_dict(torch.load(self._rule_state_path(checkpoint), weights_only=False))
