@@ -137,7 +137,8 @@ class TRLObjective:
         return float(batch_rows(mb))  # grpo, sapo, luspo: mean over all rows (padding too); dr_grpo: / max length
 
     def __call__(self, model: torch.nn.Module, mb: Batch) -> tuple[Aggregate, dict[str, float]]:
-        loss = self.trainer._compute_loss(model, mb)
+        with self.trainer.compute_loss_context_manager():  # the Trainer's autocast, as around its own loss
+            loss = self.trainer._compute_loss(model, mb)
         return Aggregate(loss * self.normaliser(mb), self.units(mb)), {}
 
 
