@@ -12,7 +12,11 @@ rank 0, the first step of each run left out as warm-up:
   follows live tensors): peak RSS during ``update()`` (polled every millisecond) minus the RSS just
   before it, max over steps; CGPO's excess over joint in units of one fp32 parameter copy;
 - step time: TRL's ``step_time`` (rollout, scoring, the stored log-probs forward, the update), with a
-  plain ``GRPOTrainer`` run as reference.
+  plain ``GRPOTrainer`` run as reference;
+- the work CGPO adds to joint, timed alone in this process (one thread, medians of 15): K-1 extra
+  fused AdamW steps and gradient clips, the phi_0 snapshot to CPU and the interpolation, as a fraction
+  of joint's update time. On a shared machine this is the steadier figure: the interleaved update
+  times scatter by tens of percent with the load.
 
     python benchmarks/bench_trl_update.py [--steps 5] [--rounds 2] [--hidden 256] [--layers 4]
 
@@ -126,6 +130,35 @@ def worker(opts: argparse.Namespace) -> None:
         (out / f"{opts.phase}.json").write_text(json.dumps(results))
 
 
+def cgpo_extra_work_s(opts: argparse.Namespace, domains: int) -> dict[str, float]:
+    """Median seconds of what CGPO does beyond joint, on this model's parameters (one thread)."""
+    import time
+
+    torch.set_num_threads(1)
+    params = list(model(opts.hidden, opts.layers).parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=True)
+    optimizer.step()
+    phi0 = [p.detach().clone() for p in params]
+
+    def median(fn: Any) -> float:
+        times = []
+        for _ in range(15):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    parts = {"adamw_step_s": median(optimizer.step),
+             "clip_s": median(lambda: torch.nn.utils.clip_grad_norm_(params, 1.0)),
+             "snapshot_s": median(lambda: [p.detach().to("cpu", copy=True) for p in params]),
+             "interpolate_s": median(lambda: [p.data.lerp_(q, -0.2) for p, q in zip(params, phi0)])}
+    parts["total_s"] = ((domains - 1) * (parts["adamw_step_s"] + parts["clip_s"]) + parts["snapshot_s"]
+                        + parts["interpolate_s"])
+    return parts
+
+
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -175,8 +208,14 @@ def main() -> None:
                             __file__, "--out", tmp, "--phase", phase, *sys.argv[1:]], env={**env, **extra}, check=True)
         timed, memory = (json.loads((Path(tmp) / f"{p}.json").read_text()) for p in ("time", "memory"))
         results = {"time": timed, "memory": memory}
+    summary_ = summary(timed, memory)
+    extra = cgpo_extra_work_s(opts, len(set(DOMAINS)))
+    summary_["cgpo_extra_work"] = extra
+    joint_update = summary_["rules"]["joint"]["update_s_median"]
+    summary_["cgpo_extra_work_fraction_of_joint_update"] = extra["total_s"] / joint_update
     payload = {"command": "python benchmarks/bench_trl_update.py " + " ".join(sys.argv[1:]), "uptime_before": before,
-               "uptime_after": uptime(), "options": vars(opts) | {"out": None, "phase": None}, **summary(timed, memory), "raw": results}
+               "uptime_after": uptime(), "options": vars(opts) | {"out": None, "phase": None},
+               **summary_, "raw": results}
     path = save("trl_update", payload)
     print(json.dumps({k: v for k, v in payload.items() if k != "raw"}, indent=2))
     print(f"saved {path}")

@@ -192,13 +192,16 @@ class CGPOTrainer(GRPOTrainer):
                              "step's rows must come from one generation batch")
 
     # ---- generation: carry domains, rewards and the rollout log-probabilities ----------------
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[no-untyped-def,unused-ignore]
+    def _training(self) -> bool:
+        return bool(getattr(self.model, "training", False))
+
+    def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any) -> Any:
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self._rewards_per_func
 
-    def _generate_and_score_completions(self, inputs):  # type: ignore[no-untyped-def,unused-ignore]
+    def _generate_and_score_completions(self, inputs: Any) -> Any:
         output = super()._generate_and_score_completions(inputs)
-        if not self.model.training:
+        if not self._training():
             return output
         missing = [i for i, row in enumerate(inputs) if row.get(self.domain_column) is None]
         if missing:
@@ -237,7 +240,7 @@ class CGPOTrainer(GRPOTrainer):
         return logps
 
     # ---- the optimizer step ------------------------------------------------------------------
-    def training_step(self, model, inputs, num_items_in_batch):  # type: ignore[no-untyped-def,unused-ignore]
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         started = time.perf_counter()
         model.train()
         self._window.append(self._prepare_inputs(inputs))
@@ -343,7 +346,7 @@ class CGPOTrainer(GRPOTrainer):
     def _rule_state_path(self, folder: str) -> str:
         return os.path.join(folder, f"update_rule_rank{self.accelerator.process_index}.pt")
 
-    def _save_checkpoint(self, model, trial):  # type: ignore[no-untyped-def,unused-ignore]
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
         state = self.rule.state_dict()
         if state:
@@ -351,7 +354,7 @@ class CGPOTrainer(GRPOTrainer):
             os.makedirs(folder, exist_ok=True)
             torch.save(state, self._rule_state_path(folder))
 
-    def _load_optimizer_and_scheduler(self, checkpoint):  # type: ignore[no-untyped-def,unused-ignore]
+    def _load_optimizer_and_scheduler(self, checkpoint: Any) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None and os.path.exists(self._rule_state_path(checkpoint)):
             self.rule.load_state_dict(torch.load(self._rule_state_path(checkpoint), weights_only=False))

@@ -15,10 +15,10 @@ micro-batches (the authors' code).
 Data parallelism (DDP, FSDP2, a verl actor group): an objective with a ``data_parallel``
 attribute (:class:`DataParallel`) makes ``shares`` and ``backward_domain`` work on the global
 mini-batch: counts and units are summed over the ranks, and every rank runs the same number of
-forward/backward passes per domain (a rank short of rows runs the domain's ``filler`` or its
-objective's ``filler()`` micro-batch with weight 0), so the collectives inside forward and backward always match. Every rank must then
-pass the same domain names in the same order (an empty ``micro_batches`` list where it holds no row of
-a domain).
+forward/backward passes per domain (a rank short of rows runs the domain's ``filler``, or its
+objective's ``filler()``, with weight 0), so the collectives inside forward and backward always
+match. Every rank must then pass the same domain names in the same order (an empty
+``micro_batches`` list where it holds no row of a domain).
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ class DataParallel:
 
 
 def data_parallel_of(objective: Any) -> DataParallel | None:
-    """The objective's data-parallel group, or None (single process, or a group of one)."""
+    """The objective's data-parallel group, or None (none set, or torch.distributed not initialised)."""
     dp = getattr(objective, "data_parallel", None)
     if dp is None or not dist.is_available() or not dist.is_initialized():
         return None
