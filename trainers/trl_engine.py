@@ -30,6 +30,8 @@ from accelerate.utils import DistributedType, gather_object
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
+from mdreward.registry import UnknownName
+
 from .grpo import Aggregate
 from .updates import DataParallel, DomainBatch, UpdateRule, make_rule
 
@@ -301,7 +303,7 @@ class CGPOTrainer(GRPOTrainer):
                 continue
             try:
                 values = list(scorer.registry.get(scorer.registry.resolve(domain)).table.values.values())
-            except Exception:  # not an mdreward domain: the default range
+            except (UnknownName, AttributeError, KeyError):  # not an mdreward domain: the default range
                 continue
             if values and max(values) > min(values):
                 return float(min(values)), float(max(values))
