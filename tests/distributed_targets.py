@@ -57,7 +57,8 @@ def global_data(step: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def split(data: dict[str, tuple[torch.Tensor, torch.Tensor]], rows: dict[str, slice], size: int = 2) -> list[DomainBatch]:
+def split(data: dict[str, tuple[torch.Tensor, torch.Tensor]], rows: dict[str, slice],
+          size: int = 2) -> list[DomainBatch]:
     """Domain batches over ``rows`` of each domain, micro-batches of ``size`` rows (all names, sorted)."""
     batches = []
     for name in sorted(data):

@@ -15,10 +15,10 @@ micro-batches (the authors' code).
 Data parallelism (DDP, FSDP2, a verl actor group): an objective with a ``data_parallel``
 attribute (:class:`DataParallel`) makes ``shares`` and ``backward_domain`` work on the global
 mini-batch: counts and units are summed over the ranks, and every rank runs the same number of
-forward/backward passes per domain (a rank short of rows runs its objective's ``filler()`` micro-batch
-with weight 0), so the collectives inside forward and backward always match. Every rank must then
-pass the same domain names in the same order (an empty ``micro_batches`` list where it holds no row of
-a domain).
+forward/backward passes per domain (a rank short of rows runs the domain's ``filler``, or its
+objective's ``filler()``, with weight 0), so the collectives inside forward and backward always
+match. Every rank must then pass the same domain names in the same order (an empty
+``micro_batches`` list where it holds no row of a domain).
 """
 from __future__ import annotations
 
@@ -50,13 +50,16 @@ class DomainBatch:
     """The part of one mini-batch that belongs to one domain.
 
     ``mean_reward`` and ``reward_range`` (the domain's lowest and highest reward) are what FAMO
-    needs; other rules ignore them.
+    needs; other rules ignore them. ``filler``: under data parallelism, the micro-batch this rank runs
+    at weight 0 when it has fewer micro-batches of the domain than another rank (default: the
+    objective's ``filler()``); an engine whose collectives need equal shapes per pass sets it.
     """
 
     name: str
     micro_batches: list[Any]
     mean_reward: float | None = None
     reward_range: tuple[float, float] = (-1.0, 1.0)
+    filler: Any = None
 
 
 @dataclass
@@ -117,7 +120,7 @@ class DataParallel:
 
 
 def data_parallel_of(objective: Any) -> DataParallel | None:
-    """The objective's data-parallel group, or None (single process, or a group of one)."""
+    """The objective's data-parallel group, or None (none set, or torch.distributed not initialised)."""
     dp = getattr(objective, "data_parallel", None)
     if dp is None or not dist.is_available() or not dist.is_initialized():
         return None
@@ -212,7 +215,7 @@ def backward_domain(model: torch.nn.Module, batch: DomainBatch, objective: Objec
         most = int(dp.max([count])[0])
         units = total_units if units is None else units
         if most > len(passes):
-            filler = objective.filler()  # type: ignore[attr-defined]
+            filler = batch.filler if batch.filler is not None else objective.filler()  # type: ignore[attr-defined]
             passes += [(filler, 0.0)] * (most - len(passes))
         grad_factor = float(dp.size) if dp.grad_average else 1.0
     loss_value = 0.0
