@@ -18,17 +18,16 @@ mini-batch; ``CGPOGXPO`` (``cgpo_gxpo``) uses it for each of CGPO's domain sub-s
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 
-from .updates import (CGPO, FAMO, DomainBatch, ShareBy, UpdateResult, _params, backward_domain, check_share_by,
-                      clip_and_step, importance_factors, shares)
+from .updates import (CGPO, FAMO, DomainBatch, Objective, ShareBy, UpdateResult, _params, backward_domain,
+                      check_share_by, clip_and_step, importance_factors, scaled_lr, shares)
 
 #: Stabilizers of the authors' released code (``stabilize=True``): active ratios clamped to this range ...
 RATIO_BOUNDS = (-2.0, 3.0)
@@ -307,19 +306,6 @@ class GXPO(GXPOSettings):
 
 
 # ---- GXPO inside each CGPO domain sub-step -------------------------------------------------------
-@contextlib.contextmanager
-def scaled_lr(optimizer: torch.optim.Optimizer, factor: float) -> Iterator[None]:
-    """Every param group's learning rate times ``factor`` meanwhile (CGPO's ``scaling="lr"``)."""
-    saved = [g["lr"] for g in optimizer.param_groups]
-    for g in optimizer.param_groups:
-        g["lr"] = g["lr"] * factor
-    try:
-        yield
-    finally:
-        for g, lr in zip(optimizer.param_groups, saved):
-            g["lr"] = lr
-
-
 @dataclass
 class CGPOGXPO(CGPO):
     """CGPO whose domain sub-step is a GXPO update (three backward passes of that domain while active).
@@ -341,44 +327,23 @@ class CGPOGXPO(CGPO):
     def gate(self, domain: str) -> Gate:
         return self._gates.setdefault(domain, Gate(self._settings))
 
-    def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
-        by_name = {b.name: b for b in batches}
-        share = shares(batches, objective, self.share_by)
-        factor = importance_factors(list(by_name), self.domain_weights)
-        order = self.domain_order(by_name, step)
-        params = [p for p in _params(optimizer) if p.requires_grad]
-        phi0 = None
-        if self.alpha != 1.0:
-            with torch.no_grad():
-                phi0 = [p.detach().to(self.phi0_device or p.device, copy=True) for p in params]
-        result = UpdateResult(order=order)
-        for name in order:
-            scale = share[name] * factor[name]
-            loss_scale = 1.0 if self.scaling == "lr" else scale
+    def _domain_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: DomainBatch,
+                     objective: Objective, scale: float, params: list[torch.Tensor]) -> dict[str, float]:
+        loss_scale = 1.0 if self.scaling == "lr" else scale
 
-            def backward(batch: DomainBatch = by_name[name], loss_scale: float = loss_scale
-                         ) -> dict[str, dict[str, float]]:
-                optimizer.zero_grad(set_to_none=True)
-                return {batch.name: backward_domain(model, batch, objective, loss_scale)}
+        def backward() -> dict[str, dict[str, float]]:
+            optimizer.zero_grad(set_to_none=True)
+            return {batch.name: backward_domain(model, batch, objective, loss_scale)}
 
-            def take_step(scale: float = scale) -> float:
-                if self.scaling == "lr":
-                    with scaled_lr(optimizer, scale):
-                        return clip_and_step(model, optimizer, self.max_grad_norm)
-                return clip_and_step(model, optimizer, self.max_grad_norm, grad_scale=scale)
+        def take_step() -> float:
+            if self.scaling == "lr":
+                with scaled_lr(optimizer, scale):
+                    return clip_and_step(model, optimizer, self.max_grad_norm)
+            return clip_and_step(model, optimizer, self.max_grad_norm, grad_scale=scale)
 
-            with self._optimizer_state_of(optimizer, name):
-                domains, extra = extrapolated_step(self._settings, self.gate(name), optimizer, params, backward,
-                                                   take_step, grad_scale=loss_scale)
-            result.domains[name] = {**domains[name], **extra}
-        optimizer.zero_grad(set_to_none=True)
-        if phi0 is not None:
-            with torch.no_grad():
-                for p, p0 in zip(params, phi0):
-                    p.lerp_(p0.to(p.device, non_blocking=True), 1.0 - self.alpha)
-        if scheduler is not None:
-            scheduler.step()
-        return result
+        domains, extra = extrapolated_step(self._settings, self.gate(batch.name), optimizer, params, backward,
+                                           take_step, grad_scale=loss_scale)
+        return {**domains[batch.name], **extra}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "gates": {n: g.state_dict() for n, g in self._gates.items()}}

@@ -261,6 +261,19 @@ def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_
     return norm
 
 
+@contextlib.contextmanager
+def scaled_lr(optimizer: torch.optim.Optimizer, factor: float) -> Iterator[None]:
+    """Every param group's learning rate times ``factor`` meanwhile (CGPO's ``scaling="lr"``)."""
+    saved = [g["lr"] for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        g["lr"] = g["lr"] * factor
+    try:
+        yield
+    finally:
+        for g, lr in zip(optimizer.param_groups, saved):
+            g["lr"] = lr
+
+
 def seeded_order(names: Iterable[str], seed: int, step: int) -> list[str]:
     """A random permutation of ``names`` that depends only on (seed, step) and the set of names.
 
@@ -388,22 +401,8 @@ class CGPO:
         result = UpdateResult(order=order)
         for name in order:
             scale = share[name] * factor[name]
-            optimizer.zero_grad(set_to_none=True)
-            loss_scale = 1.0 if self.scaling == "lr" else scale
-            stats = backward_domain(model, by_name[name], objective, loss_scale)
             with self._optimizer_state_of(optimizer, name):
-                if self.scaling == "lr":
-                    saved = [g["lr"] for g in optimizer.param_groups]
-                    for g in optimizer.param_groups:
-                        g["lr"] = g["lr"] * scale
-                    try:
-                        stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
-                    finally:
-                        for g, lr in zip(optimizer.param_groups, saved):
-                            g["lr"] = lr
-                else:
-                    stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm, grad_scale=scale)
-            result.domains[name] = stats
+                result.domains[name] = self._domain_step(model, optimizer, by_name[name], objective, scale, params)
         optimizer.zero_grad(set_to_none=True)
         if phi0 is not None:
             with torch.no_grad():
@@ -414,6 +413,18 @@ class CGPO:
         if scheduler is not None:
             scheduler.step()
         return result
+
+    def _domain_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: DomainBatch,
+                     objective: Objective, scale: float, params: list[torch.Tensor]) -> dict[str, float]:
+        """One domain's sub-step, its step scaled by ``scale`` (a subclass may change how it steps)."""
+        optimizer.zero_grad(set_to_none=True)
+        stats = backward_domain(model, batch, objective, 1.0 if self.scaling == "lr" else scale)
+        if self.scaling == "lr":
+            with scaled_lr(optimizer, scale):
+                stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
+        else:
+            stats["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm, grad_scale=scale)
+        return stats
 
     @contextlib.contextmanager
     def _optimizer_state_of(self, optimizer: torch.optim.Optimizer, domain: str) -> Iterator[None]:
