@@ -4,8 +4,10 @@ Runs ``trainers.run``'s engine with its update rule wrapped: before each mini-ba
 domain's own gradient (its loss ``L_k`` alone, unscaled) is taken at the current weights, and the
 pairwise cosines are logged in ``metrics.jsonl`` under ``update._all`` as ``cos:<a>|<b>`` (whole
 model) and ``cos:<a>|<b>:<group>`` for coarse parameter groups (embedding, attention, mlp, norm).
-``self:<a>`` is the noise floor: the cosine between the gradients of two disjoint halves (even and
-odd rows) of the same domain's responses; an inter-domain cosine means something only next to it.
+``cos:<a>|<b>:running`` compares running means of the gradients (decay 0.9 per mini-batch): one
+mini-batch's gradient is dominated by its particular prompts, the running mean keeps what persists.
+``self:<a>`` is the noise floor: the cosine between the gradients of two halves of the same domain's
+responses that share no prompt; an inter-domain cosine means something only next to it.
 The wrapped rule then updates as usual (the probe costs two extra backward passes per domain).
 
     python benchmarks/conflict_probe.py --config trainers/configs/tiny_cgpo.toml --set run.steps=30 \\
@@ -20,7 +22,7 @@ import json
 import math
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -62,9 +64,17 @@ def domain_gradients(model: torch.nn.Module, batches: Sequence[DomainBatch],
 
 
 def split_halves(batch: DomainBatch) -> tuple[DomainBatch, DomainBatch]:
-    """The domain's responses split into even and odd rows: two independent samples of its gradient."""
-    even = [mb.select(list(range(0, len(mb), 2))) for mb in batch.micro_batches if len(mb) > 1]
-    odd = [mb.select(list(range(1, len(mb), 2))) for mb in batch.micro_batches if len(mb) > 1]
+    """The domain's responses split by prompt into two halves (alternate prompts): two independent
+    samples of its gradient that share no prompt."""
+    even, odd = [], []
+    for mb in batch.micro_batches:
+        prompt_len = mb.input_ids.shape[1] - mb.response_mask.shape[1]
+        keys = [tuple(mb.input_ids[i, :prompt_len].tolist()) for i in range(len(mb))]
+        order = {k: j for j, k in enumerate(dict.fromkeys(keys))}
+        rows = ([i for i, k in enumerate(keys) if order[k] % 2 == 0], [i for i, k in enumerate(keys) if order[k] % 2])
+        if rows[0] and rows[1]:
+            even.append(mb.select(rows[0]))
+            odd.append(mb.select(rows[1]))
     return DomainBatch(f"{batch.name}/even", even), DomainBatch(f"{batch.name}/odd", odd)
 
 
@@ -79,6 +89,8 @@ class ProbedRule:
 
     inner: UpdateRule
     name: str = "probed"
+    decay: float = 0.9
+    _running: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
 
     def observe(self, step: int, batches: Sequence[DomainBatch]) -> None:
         self.inner.observe(step, batches)
@@ -90,6 +102,11 @@ class ProbedRule:
             for group in grads[a]:
                 suffix = "" if group == "all" else f":{group}"
                 cosines[f"cos:{a}|{b}{suffix}"] = cosine(grads[a][group], grads[b][group])
+        for name, g in grads.items():  # running means: what persists over mini-batches, not one batch's noise
+            old = self._running.get(name)
+            self._running[name] = g["all"] if old is None else self.decay * old + (1 - self.decay) * g["all"]
+        for a, b in itertools.combinations(sorted(self._running), 2):
+            cosines[f"cos:{a}|{b}:running"] = cosine(self._running[a], self._running[b])
         for b in batches:  # the noise floor: the same domain's gradient from two disjoint halves of its responses
             halves = domain_gradients(model, split_halves(b), objective)
             cosines[f"self:{b.name}"] = cosine(*(h["all"] for h in halves.values()))

@@ -143,3 +143,11 @@ def test_conflict_config_loads():
     cfg = load_config(CONFLICT)
     assert cfg.data.tasks == ["first", "last"] and cfg.model.tiny_tasks == ["first", "last"]
     assert not cfg.data.require_think
+
+
+@pytest.mark.parametrize("name", ["tiny_cgpo.toml", "tiny_conflict.toml"])
+def test_shipped_tiny_configs_take_the_paper_code_preset(name):
+    """docs/trainers.md runs both with ``--set preset=paper-code``: a config that pins a field the preset
+    sets to another value would refuse that."""
+    cfg = load_config(CONFLICT.parent / name, ["preset=paper-code"])
+    assert (cfg.update.scaling, cfg.update.share_by) == ("loss", "micro_batches")
