@@ -126,9 +126,9 @@ def test_compare_runs_every_rule_and_seed_then_reuses_them(tmp_path, capsys):
     common = [f"model.path={policy}", "run.steps=1", "run.eval_every=1", "data.eval_prompts=2", "data.eval_samples=1",
               "data.prompts_per_domain=2", "rollout.group_size=2", "data.pool_size=16"]
     out = tmp_path / "cmp"
-    summary = cmp.compare(CONFLICT, cmp.parse_variants("joint,cgpo"), [1], out, common=common)
+    summary = cmp.compare(CONFLICT, cmp.parse_variants("joint,cgpo"), [1], out, common=common, jobs=2)
     printed = capsys.readouterr().out
-    assert "2 to run" in printed and "2/2 done: cgpo seed 1" in printed and "min left" in printed
+    assert "2 to run" in printed and "2/2 done: " in printed and "start cgpo seed 1" in printed and "min left" in printed
     assert set(summary.per_seed) == {"joint", "cgpo"}
     assert set(summary.per_seed["cgpo"][1]) == {"first", "last", "average"}
     table = (out / "comparison.md").read_text()
