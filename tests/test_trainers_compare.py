@@ -36,6 +36,10 @@ def test_final_scores_average_the_last_evaluations_per_domain_and_over_domains()
     assert scores == pytest.approx({"a": 0.2, "b": 0.4, "average": 0.3})
     assert cmp.final_scores(records, last_evals=1) == pytest.approx({"a": 0.4, "b": 0.6, "average": 0.5})
     assert cmp.step_seconds(records) == pytest.approx({"step_s": 3.0, "update_s": 1.0})
+    records[1]["eval"]["a"]["correct_rate"] = 0.25
+    assert cmp.final_scores(records, last_evals=2, metric="correct_rate")["a"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="no metric 'nope'"):
+        cmp.final_scores(records, metric="nope")
     with pytest.raises(ValueError, match="no held-out evaluation"):
         cmp.final_scores([{"step": 0, "train": {}}])
 
@@ -59,6 +63,7 @@ def test_table_gives_mean_and_sample_std_over_seeds_and_bolds_the_best(tmp_path)
     assert "**+0.200 ± 0.141**" in rows["joint"]          # joint best on y and on the average
     assert "**+0.225 ± 0.035**" in rows["joint"]
     assert "2.00 ± 1.41" in rows["joint"]
+    assert "| x correct_rate |" in cmp.markdown(cmp.summarize(metrics, metric="correct_rate"))
     data = summary.to_dict()
     assert data["rules"]["cgpo"]["mean"]["average"] == pytest.approx(0.1)
     png = cmp.plot(metrics, tmp_path / "cmp.png")

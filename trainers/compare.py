@@ -199,8 +199,10 @@ def final_scores(records: Sequence[Mapping[str, Any]], last_evals: int = 2,
     tail = evals[-last_evals:]
     domains = sorted({d for e in tail for d in e})
     out = {}
+    if not any(metric in e[d] for e in tail for d in e):
+        raise ValueError(f"the run's held-out evaluations have no metric {metric!r}")
     for d in domains:
-        values = [e[d][metric] for e in tail if d in e and not math.isnan(e[d][metric])]
+        values = [e[d][metric] for e in tail if d in e and metric in e[d] and not math.isnan(e[d][metric])]
         out[d] = statistics.fmean(values) if values else math.nan
     out[AVERAGE] = statistics.fmean(out[d] for d in domains)
     return out
@@ -229,6 +231,7 @@ class Summary:
     per_seed: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     timing: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     last_evals: int = 2
+    metric: str = "reward"
 
     def domains(self) -> list[str]:
         names = {d for seeds in self.per_seed.values() for s in seeds.values() for d in s if d != AVERAGE}
@@ -241,7 +244,7 @@ class Summary:
         return _mean_spread([t[key] for t in self.timing[label].values()])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"last_evals": self.last_evals,
+        return {"last_evals": self.last_evals, "metric": self.metric,
                 "rules": {label: {"seeds": {str(k): v for k, v in seeds.items()},
                                   "timing": {str(k): v for k, v in self.timing[label].items()},
                                   "mean": {d: self.stat(label, d)[0] for d in self.domains()},
@@ -249,13 +252,14 @@ class Summary:
                           for label, seeds in self.per_seed.items()}}
 
 
-def summarize(metrics: Mapping[str, Mapping[int, str | Path]], last_evals: int = 2) -> Summary:
-    """``metrics[label][seed]`` is a run's metrics.jsonl."""
-    summary = Summary(last_evals=last_evals)
+def summarize(metrics: Mapping[str, Mapping[int, str | Path]], last_evals: int = 2,
+              metric: str = "reward") -> Summary:
+    """``metrics[label][seed]`` is a run's metrics.jsonl; ``metric`` a held-out metric (reward, correct_rate)."""
+    summary = Summary(last_evals=last_evals, metric=metric)
     for label, seeds in metrics.items():
         for seed, path in seeds.items():
             records = read_metrics(path)
-            summary.per_seed.setdefault(label, {})[seed] = final_scores(records, last_evals)
+            summary.per_seed.setdefault(label, {})[seed] = final_scores(records, last_evals, metric)
             summary.timing.setdefault(label, {})[seed] = step_seconds(records)
     return summary
 
@@ -265,7 +269,7 @@ def markdown(summary: Summary) -> str:
     domains = summary.domains()
     labels = list(summary.per_seed)
     best = {d: max(labels, key=lambda lab: _nan_low(summary.stat(lab, d)[0])) for d in domains}
-    head = ["rule", "seeds", *[f"{d} reward" for d in domains], "s / step", "update s / step"]
+    head = ["rule", "seeds", *[f"{d} {summary.metric}" for d in domains], "s / step", "update s / step"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for lab in labels:
         cells = [lab, str(len(summary.per_seed[lab]))]
@@ -277,7 +281,7 @@ def markdown(summary: Summary) -> str:
             mean, std = summary.time_stat(lab, key)
             cells.append(f"{mean:.2f} ± {std:.2f}")
         rows.append("| " + " | ".join(cells) + " |")
-    note = (f"Held-out reward: per seed, the mean of the last {summary.last_evals} evaluations; "
+    note = (f"Held-out {summary.metric}: per seed, the mean of the last {summary.last_evals} evaluations; "
             "mean ± sample standard deviation across seeds. Time: mean wall time per training step "
             "(held-out evaluations excluded), across seeds.")
     return "\n".join(rows) + "\n\n" + note + "\n"
@@ -327,7 +331,7 @@ def plot(metrics: Mapping[str, Mapping[int, str | Path]], out_png: str | Path) -
 
 
 def compare(config: str | Path, variants: Sequence[Variant], seeds: Sequence[int], out: str | Path, *,
-            common: Sequence[str] = (), jobs: int = 1, last_evals: int = 2,
+            common: Sequence[str] = (), jobs: int = 1, last_evals: int = 2, metric: str = "reward",
             say: Callable[[str], None] = print) -> Summary:
     """Run (or reuse) every variant x seed, then write the table, the JSON summary and the plot under ``out``."""
     out = Path(out)
@@ -337,7 +341,7 @@ def compare(config: str | Path, variants: Sequence[Variant], seeds: Sequence[int
     metrics: dict[str, dict[int, str | Path]] = {}
     for r in runs:
         metrics.setdefault(r.variant.label, {})[r.seed] = r.out_dir / "metrics.jsonl"
-    summary = summarize(metrics, last_evals)
+    summary = summarize(metrics, last_evals, metric)
     table = markdown(summary)
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.md").write_text(table, encoding="utf-8")

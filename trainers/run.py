@@ -32,6 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time for --compare-rules")
     ap.add_argument("--last-evals", type=int, default=2,
                     help="--compare-rules scores each run by the mean of its last N held-out evaluations")
+    ap.add_argument("--metric", default="reward", help="held-out metric for the --compare-rules table (correct_rate, ...)")
     args = ap.parse_args(argv)
     if args.compare_rules or args.variant:
         return _compare_rules(ap, args)
@@ -69,7 +70,8 @@ def _compare_rules(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int
     try:
         variants = parse_variants(args.compare_rules, args.variant)
         seeds = parse_seeds(args.seeds)
-        compare(args.config, variants, seeds, args.out, common=args.set, jobs=args.jobs, last_evals=args.last_evals)
+        compare(args.config, variants, seeds, args.out, common=args.set, jobs=args.jobs, last_evals=args.last_evals,
+                metric=args.metric)
     except (OSError, ValueError) as exc:
         ap.error(str(exc))
     except RuntimeError as exc:  # a run failed: its log's tail is in the message
