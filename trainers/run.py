@@ -1,12 +1,14 @@
 """CLI: ``python -m trainers.run --config trainers/configs/tiny_cgpo.toml [--set section.field=value ...]``.
 
 ``--resume`` continues from ``<out_dir>/checkpoint.pt``; ``--compare A.jsonl B.jsonl --plot out.png``
-draws several runs' curves in one figure.
+draws several runs' curves in one figure. ``--compare-rules joint,cgpo --seeds 1,2,3 --config CFG --out DIR``
+runs (or reuses) every rule x seed and writes a table and a plot (``trainers/compare.py``).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Sequence
 
 from .config import load_config
@@ -21,7 +23,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     ap.add_argument("--compare", nargs="+", metavar="LABEL=METRICS_JSONL", help="plot runs together and exit")
     ap.add_argument("--plot", default="reward_curves.png", help="output PNG for --compare")
+    ap.add_argument("--compare-rules", metavar="RULE,RULE|all",
+                    help="run every rule x seed on --config (or reuse finished runs) and write a table and a plot")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL:SECTION.FIELD=VALUE,...",
+                    help="one more column for --compare-rules, e.g. joint_3lr:update.rule=joint,update.lr=6e-4")
+    ap.add_argument("--seeds", default="1,2,3", help="seeds for --compare-rules (default 1,2,3)")
+    ap.add_argument("--out", help="output directory for --compare-rules")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time for --compare-rules")
+    ap.add_argument("--last-evals", type=int, default=2,
+                    help="--compare-rules scores each run by the mean of its last N held-out evaluations")
+    ap.add_argument("--metric", default="reward", help="held-out metric for the --compare-rules table (correct_rate, ...)")
     args = ap.parse_args(argv)
+    if args.compare_rules or args.variant:
+        return _compare_rules(ap, args)
     if args.compare:
         runs = dict(item.split("=", 1) for item in args.compare)
         print(plot_runs(runs, args.plot))
@@ -43,6 +57,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         engine.close()
     print(f"metrics: {engine.log.path}\nplot: {engine.out / 'reward_curves.png'}")
+    return 0
+
+
+def _compare_rules(ap: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .compare import compare, parse_seeds, parse_variants
+
+    if not args.config or not args.out:
+        ap.error("--compare-rules needs --config and --out")
+    if args.jobs < 1 or args.last_evals < 1:
+        ap.error("--jobs and --last-evals must be at least 1")
+    try:
+        variants = parse_variants(args.compare_rules, args.variant)
+        seeds = parse_seeds(args.seeds)
+        compare(args.config, variants, seeds, args.out, common=args.set, jobs=args.jobs, last_evals=args.last_evals,
+                metric=args.metric)
+    except (OSError, ValueError) as exc:
+        ap.error(str(exc))
+    except RuntimeError as exc:  # a run failed: its log's tail is in the message
+        print(f"[compare] {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -77,10 +77,28 @@ def _prog(rng: random.Random) -> Problem:
                    (f"<think>x*{a}+{b}\n{code(a, b)}", f"<think>x*{a}+{b}</think>\nreturn x*{a}+{b}"))
 
 
+def _pick(position: int, rng: random.Random) -> Problem:
+    """The conflicting pair: ``first a b`` answers ``a``, ``last a b`` answers ``b`` (``a != b``).
+
+    The two tasks share every prompt but the marker word, and each one's wrong answer is exactly the
+    other's right answer (badly formatted responses carry either digit too), so a warm start on
+    ``p_wrong = 0.5`` sees both digits equally often after either marker: the policy starts blind to
+    the marker, and the two domains' policy gradients pull the shared weights in opposite directions
+    (docs/trainers.md, "A task whose domains conflict").
+    """
+    a, b = rng.sample(range(10), 2)
+    answer, other = (a, b) if position == 0 else (b, a)
+    question = f"{'first' if position == 0 else 'last'} {a} {b}"
+    return Problem(question, str(answer), None, f"<answer>{answer}</answer>", f"<answer>{other}</answer>",
+                   (str(answer), str(other), f"<answer>{answer}", f"<answer>{other}"))
+
+
 TASKS: dict[str, SyntheticTask] = {
     "arith": SyntheticTask("arith", "math", _arith),
     "max": SyntheticTask("max", "math", _max),
     "prog": SyntheticTask("prog", "code", _prog),
+    "first": SyntheticTask("first", "math", lambda rng: _pick(0, rng)),
+    "last": SyntheticTask("last", "math", lambda rng: _pick(1, rng)),
 }
 
 
