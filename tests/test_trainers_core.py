@@ -633,3 +633,24 @@ def test_pcgrad_without_conflict_is_the_joint_step():
     result = PCGrad().update(b, torch.optim.SGD(b.parameters(), lr=0.1), batches, MSEObjective(), step=0)
     assert result.extra["conflicts"] == 0
     assert torch.allclose(flat(a), flat(b), atol=1e-14)
+
+
+class _ShardLike(torch.nn.Parameter):
+    """Looks like an FSDP2 DTensor parameter to ``is_sharded`` (it has ``to_local``)."""
+
+    def to_local(self):
+        return self
+
+
+@pytest.mark.parametrize("rule", ["pcgrad", "mgs", "gxpo", "cgpo_gxpo", "famo_gxpo"])
+def test_rules_that_need_whole_gradients_refuse_sharded_parameters(rule):
+    from trainers.updates import make_rule
+
+    net = tiny_net()
+    net[0].weight = _ShardLike(net[0].weight.detach().clone())
+    before = [p.detach().clone() for p in net.parameters()]
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    batches = [domain_data(0), domain_data(1)]
+    with pytest.raises(ValueError, match="sharded \\(FSDP2\\)"):
+        make_rule(rule).update(net, opt, batches, MSEObjective(), step=0)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # refused before any step

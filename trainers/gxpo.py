@@ -27,7 +27,8 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 
 from .updates import (CGPO, FAMO, DomainBatch, Objective, ShareBy, UpdateResult, _params, backward_domain,
-                      check_share_by, clip_and_step, importance_factors, scaled_lr, shares)
+                      check_share_by, clip_and_step, importance_factors, refuse_sharded, scaled_lr,
+                      shares)
 
 #: Stabilizers of the authors' released code (``stabilize=True``): active ratios clamped to this range ...
 RATIO_BOUNDS = (-2.0, 3.0)
@@ -193,6 +194,7 @@ def extrapolated_step(settings: GXPOSettings, gate: Gate, optimizer: torch.optim
     the loss was multiplied by it (norms are reported and gated unscaled). Returns the domain
     metrics of the first pass (at the starting point, as every rule reports them) and the rule's.
     """
+    refuse_sharded(params, "GXPO", "whole-gradient norms for its gate (a rank's shard norm differs by rank)")
     domains = backward()
     g0_norm = _grad_norm(params) / grad_scale
     if not gate.open:

@@ -16,7 +16,7 @@ import torch
 
 from .conflict import Grouping, ModuleLayout, check_grouping, conflict_metrics, domain_gradients, module_grams
 from .updates import (ShareBy, Stateless, UpdateResult, _params, check_share_by, clip_and_step, importance_factors,
-                      project_conflicting, shares)
+                      project_conflicting, refuse_sharded, shares)
 
 
 @dataclass
@@ -51,7 +51,9 @@ class MGS(Stateless):
     def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
         share = shares(batches, objective, self.share_by)
         factor = importance_factors([b.name for b in batches], self.domain_weights)
-        layout = ModuleLayout.of_model(model, self.modules, [p for p in _params(optimizer) if p.requires_grad])
+        params = [p for p in _params(optimizer) if p.requires_grad]
+        refuse_sharded(params, "MGS", "whole per-domain gradients of each module to project")
+        layout = ModuleLayout.of_model(model, self.modules, params)
         grads, stats = domain_gradients(model, optimizer, layout, batches, objective,
                                         {b.name: share[b.name] * factor[b.name] for b in batches})
         result = UpdateResult(order=[b.name for b in batches], domains=stats)

@@ -137,6 +137,13 @@ def is_sharded(params: Iterable[torch.Tensor]) -> bool:
     return any(callable(getattr(p, "to_local", None)) for p in params)
 
 
+def refuse_sharded(params: Iterable[torch.Tensor], rule: str, needs: str) -> None:
+    """Raise for FSDP2-sharded parameters: ``rule`` needs ``needs``, and each rank holds only a shard."""
+    if is_sharded(params):
+        raise ValueError(f"{rule} needs {needs}; with sharded (FSDP2) parameters each rank holds only a shard of "
+                         f"them: run {rule} under DDP (or one process)")
+
+
 # ---- shared pieces ---------------------------------------------------------------------------
 def domain_units(batch: DomainBatch, objective: Objective) -> float:
     return float(sum(objective.units(mb) for mb in batch.micro_batches))
@@ -608,9 +615,7 @@ class PCGrad(Stateless):
         share = shares(batches, objective, self.share_by)
         factor = importance_factors([b.name for b in batches], self.domain_weights)
         params = [p for p in _params(optimizer) if p.requires_grad]
-        if is_sharded(params):
-            raise ValueError("PCGrad projects whole per-domain gradients; with sharded (FSDP2) parameters each rank "
-                             "holds only a shard of them: run PCGrad under DDP (or one process)")
+        refuse_sharded(params, "PCGrad", "whole per-domain gradients to project")
         result = UpdateResult(order=[b.name for b in batches])
         flat = []
         for b in batches:
