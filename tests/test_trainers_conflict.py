@@ -2,7 +2,11 @@
 surgery): on hand-built gradients, a tiny Qwen2, and through the engine."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -275,6 +279,35 @@ def test_mgs_projects_only_in_the_module_that_conflicts():
     # a user grouping that puts the conflict in its own module gives the same answer
     user = step_of(MGS(modules={"attn": ["self_attn.*"], "mlp": ["mlp.*"]}))
     assert all(torch.equal(user[n], mgs[n]) for n in mgs)
+
+
+def load_conflict_probe(monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "conflict_probe.py"
+    spec = importlib.util.spec_from_file_location("conflict_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "conflict_probe", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_conflict_probe_wraps_a_rule_and_summarizes_old_and_new_names(tmp_path, monkeypatch):
+    probe = load_conflict_probe(monkeypatch)
+    rule = probe.ProbedRule(Joint())
+    model = TwoModules()
+    result = rule.update(model, torch.optim.SGD(model.parameters(), lr=1.0), two_module_batches(),
+                         LinearObjective(), step=0)
+    joint = step_of(Joint())
+    assert all(torch.equal(-p.detach(), joint[n]) for n, p in model.named_parameters())  # the rule's step as is
+    assert result.extra["conflict/module/attn/cos/p_vs_q"] == pytest.approx(-1 / math.sqrt(2))
+    assert result.extra["conflict/model/running_cos/p_vs_q"] == pytest.approx(result.extra["conflict/model/cos/p_vs_q"])
+    metrics = tmp_path / "metrics.jsonl"
+    records = [{"update": {"_all": {"conflict/model/cos/p_vs_q": c, "self:p": -c, "conflict/modules": 2.0}}}
+               for c in (0.5, -0.25)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    summary = probe.summarize(metrics)
+    assert set(summary) == {"conflict/model/cos/p_vs_q", "self:p"}
+    assert summary["conflict/model/cos/p_vs_q"]["all"] == 0.125
+    assert summary["self:p"]["negative_share"] == 0.5
 
 
 def test_mgs_logs_its_own_module_conflicts():
