@@ -2,12 +2,16 @@
 surgery): on hand-built gradients, a tiny Qwen2, and through the engine."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from trainers.conflict import ModuleLayout, group_names, measure_conflicts, module_conflicts
+from trainers.conflict import ModuleLayout, RunningCosines, group_names, measure_conflicts, module_conflicts, prompt_halves
 from trainers.grpo import Aggregate, GRPOConfig
 from trainers.mgs import MGS
 from trainers.rollout import GRPOObjective, MicroBatch
@@ -174,6 +178,77 @@ def test_noise_floor_splits_each_domain_into_halves_without_changing_the_rest():
     assert all(p.grad is None for p in model.parameters())
 
 
+class PromptObjective:
+    """Loss = sum over rows of w[first prompt token]: the gradient counts each prompt's responses."""
+
+    def units(self, mb):
+        return 1.0
+
+    def samples(self, mb):
+        return len(mb)
+
+    def __call__(self, model, mb):
+        w = dict(model.named_parameters())["self_attn.a"]
+        return Aggregate(w[mb.input_ids[:, 0]].sum(), 1.0), {}
+
+
+def prompt_micro_batch(prompts):
+    """One micro-batch, a row per response of the given prompt ids (prompt: 2 tokens, response: 1)."""
+    ids = torch.tensor([[p, p, 0] for p in prompts])
+    n = len(prompts)
+    return MicroBatch(ids, torch.ones(n, 3), torch.ones(n, 1), torch.zeros(n, 1), None, torch.ones(n))
+
+
+def test_noise_floor_halves_share_no_prompt():
+    # responses shuffled over micro-batches (as the engine does): every micro-batch holds both prompts,
+    # so halves of micro-batches would share both prompts; halves of prompts are disjoint
+    model = torch.nn.Module()
+    model.self_attn = torch.nn.ParameterDict({"a": torch.nn.Parameter(torch.zeros(3))})
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    batches = [DomainBatch("p", [prompt_micro_batch([0, 1]), prompt_micro_batch([1, 0, 0])]),
+               DomainBatch("q", [prompt_micro_batch([2])])]
+    halves = prompt_halves(batches[0])
+    assert [[mb.input_ids[:, 0].tolist() for mb in h.micro_batches] for h in halves] == [[[0], [0, 0]], [[1], [1]]]
+    m = measure_conflicts(model, opt, batches, PromptObjective(), grouping="model", noise_floor=True)
+    assert m["conflict/model/half_cos/p"] == 0.0  # disjoint prompts: gradients on disjoint coordinates
+    assert "conflict/model/half_cos/q" not in m  # one prompt: no halves
+    assert prompt_halves(batches[1]) == [batches[1]]
+
+
+def test_running_cosines_by_hand():
+    running = RunningCosines(decay=0.5)
+    t = torch.tensor
+    first = running.update({"a": t([1.0, 0.0]), "b": t([0.0, 1.0])})
+    assert first == {"conflict/model/running_cos/a_vs_b": 0.0}
+    second = running.update({"a": t([1.0, 0.0]), "b": t([2.0, 1.0])})
+    # a: 0.5 (1,0) + 0.5 (1,0) = (1,0); b: 0.5 (0,1) + 0.5 (2,1) = (1,1)
+    assert torch.equal(running.means["b"], t([1.0, 1.0], dtype=torch.float64))
+    assert second["conflict/model/running_cos/a_vs_b"] == pytest.approx(1 / math.sqrt(2))
+    third = running.update({"a": t([-3.0, 0.0]), "c": t([0.0, 5.0])})  # b missing: keeps its mean
+    # a: 0.5 (1,0) + 0.5 (-3,0) = (-1,0); c: (0,5) as is
+    assert third == pytest.approx({"conflict/model/running_cos/a_vs_b": -1 / math.sqrt(2),
+                                   "conflict/model/running_cos/a_vs_c": 0.0,
+                                   "conflict/model/running_cos/b_vs_c": 1 / math.sqrt(2)})
+    with pytest.raises(ValueError, match="decay"):
+        RunningCosines(1.0)
+
+
+def test_measure_conflicts_feeds_running_means_the_unscaled_domain_gradients():
+    model = TwoModules()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    t = torch.tensor
+    batches = [DomainBatch("p", [{"self_attn.a": t([1.0, 0.0]), "mlp.b": t([2.0, 0.0])}]),
+               DomainBatch("q", [{"self_attn.a": t([-1.0, 1.0])}, {"mlp.b": t([1.0, 0.0])}])]
+    for noise_floor in (False, True):
+        running = RunningCosines()
+        m = measure_conflicts(model, opt, batches, LinearObjective(), grouping="type", noise_floor=noise_floor,
+                              running=running)
+        # q's loss is the mean over its micro-batches: grad L_q = (a: (-1,1), b: (1,0)) / 2, flat in type order
+        assert torch.allclose(running.means["q"], t([-0.5, 0.5, 0.5, 0.0], dtype=torch.float64))
+        assert torch.allclose(running.means["p"], t([1.0, 0.0, 2.0, 0.0], dtype=torch.float64))
+        assert m["conflict/model/running_cos/p_vs_q"] == pytest.approx(m["conflict/model/cos/p_vs_q"])
+
+
 # ---- MGS ----------------------------------------------------------------------------------
 def two_module_batches():
     """Domains p, q: in attn (a) their gradients conflict, in mlp (b) they agree, over the whole model
@@ -204,6 +279,35 @@ def test_mgs_projects_only_in_the_module_that_conflicts():
     # a user grouping that puts the conflict in its own module gives the same answer
     user = step_of(MGS(modules={"attn": ["self_attn.*"], "mlp": ["mlp.*"]}))
     assert all(torch.equal(user[n], mgs[n]) for n in mgs)
+
+
+def load_conflict_probe(monkeypatch):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "conflict_probe.py"
+    spec = importlib.util.spec_from_file_location("conflict_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "conflict_probe", module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_conflict_probe_wraps_a_rule_and_summarizes_old_and_new_names(tmp_path, monkeypatch):
+    probe = load_conflict_probe(monkeypatch)
+    rule = probe.ProbedRule(Joint())
+    model = TwoModules()
+    result = rule.update(model, torch.optim.SGD(model.parameters(), lr=1.0), two_module_batches(),
+                         LinearObjective(), step=0)
+    joint = step_of(Joint())
+    assert all(torch.equal(-p.detach(), joint[n]) for n, p in model.named_parameters())  # the rule's step as is
+    assert result.extra["conflict/module/attn/cos/p_vs_q"] == pytest.approx(-1 / math.sqrt(2))
+    assert result.extra["conflict/model/running_cos/p_vs_q"] == pytest.approx(result.extra["conflict/model/cos/p_vs_q"])
+    metrics = tmp_path / "metrics.jsonl"
+    records = [{"update": {"_all": {"conflict/model/cos/p_vs_q": c, "self:p": -c, "conflict/modules": 2.0}}}
+               for c in (0.5, -0.25)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    summary = probe.summarize(metrics)
+    assert set(summary) == {"conflict/model/cos/p_vs_q", "self:p"}
+    assert summary["conflict/model/cos/p_vs_q"]["all"] == 0.125
+    assert summary["self:p"]["negative_share"] == 0.5
 
 
 def test_mgs_logs_its_own_module_conflicts():

@@ -82,7 +82,7 @@ class UpdateConfig:
     famo_gamma: float = 0.01
     conflict_metrics: bool = False       # log per-module inter-domain gradient cosines (one more backward per mini-batch)
     module_groups: str | dict[str, list[str]] = "layer"  # layer | type | parameter | model | {group = [name globs]}
-    conflict_noise_floor: bool = False   # with conflict_metrics: also the cosine between two halves of each domain
+    conflict_noise_floor: bool = False   # with conflict_metrics: also the cosine between two prompt-disjoint halves of each domain
     capo_inner: str = "joint"            # rule = "capo": CAPO's token mask around this rule (joint, cgpo, ...)
     capo_fisher_tau: float = 1e-4        # CAPO: mask a token whose predicted KL >= this (0: off)
     capo_hessian_tau: float = 0.01       # CAPO: mask a token whose predicted objective change is outside the band (0: off)

@@ -302,15 +302,18 @@ def domain_gradients(model: torch.nn.Module, optimizer: torch.optim.Optimizer, l
 
 def measure_conflicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Sequence[DomainBatch],
                       objective: Objective, *, grouping: Grouping = "layer", share_by: ShareBy = "samples",
-                      domain_weights: Mapping[str, float] | None = None, noise_floor: bool = False) -> dict[str, float]:
+                      domain_weights: Mapping[str, float] | None = None, noise_floor: bool = False,
+                      running: RunningCosines | None = None) -> dict[str, float]:
     """The conflict diagnostic for any rule: one extra backward per domain on the mini-batch, before
     the rule's own update (the weights are not touched; ``.grad`` is left cleared).
 
-    ``noise_floor``: each domain with at least two micro-batches is also split into two halves of its
-    micro-batches (the first ``n // 2``, the rest), each backpropagated alone; their sum is the domain's
+    ``noise_floor``: each domain with at least two prompts is also split into two halves that share no
+    prompt (``prompt_halves``), each backpropagated alone; their sum is the domain's
     gradient, so the inter-domain metrics do not change, and ``conflict/module/<m>/half_cos/<a>`` and
     ``conflict/model/half_cos/<a>`` give the cosine between the two halves: how aligned two samples of
     the *same* domain are, the yardstick for an inter-domain cosine. No extra backward; 2K buffers.
+    ``running``: also fed each domain's own gradient ``grad L_k`` (unscaled by its share and weight),
+    and its cosines reported as ``conflict/model/running_cos/<a>_vs_<b>`` (see ``RunningCosines``).
     Cost: a forward and backward of the whole mini-batch plus K flat gradients in memory at once.
     """
     if len(batches) < 2:
@@ -323,20 +326,23 @@ def measure_conflicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     layout = ModuleLayout.of_model(model, grouping, params)
     if not noise_floor:
         grads, _ = domain_gradients(model, optimizer, layout, batches, objective, scales)
-        return conflict_metrics(module_grams(grads, layout), names)
+        if running is not None:
+            running.update({n: grads[k] / scales[n] for k, n in enumerate(names) if scales[n] > 0})
+        return {**conflict_metrics(module_grams(grads, layout), names), **_running_metrics(running)}
     pieces: list[DomainBatch] = []
     owner: list[int] = []  # domain index of each piece
     for k, b in enumerate(batches):
-        mbs = b.micro_batches
-        halves = [mbs[:len(mbs) // 2], mbs[len(mbs) // 2:]] if len(mbs) >= 2 else [mbs]
-        pieces += [DomainBatch(b.name, h) for h in halves]
+        halves = prompt_halves(b)
+        pieces += halves
         owner += [k] * len(halves)
     units = {b.name: domain_units(b, objective) for b in batches}
     grads, _ = domain_gradients(model, optimizer, layout, pieces, objective, scales, units)
     piece_grams = module_grams(grads, layout)
-    del grads
     sums = torch.zeros(len(batches), len(pieces), dtype=torch.float64)
     sums[owner, list(range(len(pieces)))] = 1.0
+    if running is not None:
+        running.update({n: (sums[k].to(grads) @ grads) / scales[n] for k, n in enumerate(names) if scales[n] > 0})
+    del grads
     out = conflict_metrics({m: sums @ g.double() @ sums.T for m, g in piece_grams.items()}, names)
     whole = sum((g.double() for g in piece_grams.values()), torch.zeros(len(pieces), len(pieces), dtype=torch.float64))
     for k, name in enumerate(names):
@@ -345,4 +351,77 @@ def measure_conflicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
             for m, g in piece_grams.items():
                 out[f"conflict/module/{m}/half_cos/{name}"] = _cosine(g, *rows)
             out[f"conflict/model/half_cos/{name}"] = _cosine(whole, *rows)
-    return out
+    return {**out, **_running_metrics(running)}
+
+
+def _prompt_key(mb: Any, row: int) -> tuple[int, ...]:
+    prompt_len = mb.input_ids.shape[1] - mb.response_mask.shape[1]
+    ids = mb.input_ids[row, :prompt_len][mb.attention_mask[row, :prompt_len].bool()]
+    return tuple(ids.tolist())
+
+
+def prompt_halves(batch: DomainBatch) -> list[DomainBatch]:
+    """The domain's responses in two halves that share no prompt: its prompts in order of first
+    appearance, the first ``n // 2`` and the rest (a prompt is its unpadded prompt tokens; a micro-batch
+    without ``input_ids``/``response_mask`` counts as one prompt). Each micro-batch is split by rows, so
+    no piece is larger than a micro-batch. ``[batch]`` when the domain has fewer than two prompts.
+
+    Under data parallelism the split is per rank: a prompt whose responses sit on two ranks may
+    land in both halves."""
+    rows: list[tuple[int, int, Any]] = []  # (micro-batch, row or -1 for the whole micro-batch, prompt)
+    for i, mb in enumerate(batch.micro_batches):
+        if hasattr(mb, "input_ids") and hasattr(mb, "response_mask"):
+            rows += [(i, r, _prompt_key(mb, r)) for r in range(len(mb))]
+        else:
+            rows.append((i, -1, ("micro_batch", i)))
+    prompts = list(dict.fromkeys(key for _, _, key in rows))
+    if len(prompts) < 2:
+        return [batch]
+    first = set(prompts[:len(prompts) // 2])
+    halves: list[DomainBatch] = []
+    for in_first in (True, False):
+        micro = []
+        for i, mb in enumerate(batch.micro_batches):
+            picked = [r for j, r, key in rows if j == i and (key in first) == in_first]
+            if picked == [-1]:
+                micro.append(mb)
+            elif picked:
+                micro.append(mb if len(picked) == len(mb) else mb.select(picked))
+        halves.append(DomainBatch(batch.name, micro, batch.mean_reward, batch.reward_range, batch.filler))
+    return halves
+
+
+class RunningCosines:
+    """Per domain a running mean of its flat gradient (``decay`` per update: ``m <- decay m + (1 - decay) g``,
+    the first ``g`` as is) and the cosines between those means: one mini-batch's gradient is dominated by
+    its particular prompts, the running mean keeps what persists over mini-batches. A domain missing
+    from an update keeps its mean."""
+
+    def __init__(self, decay: float = 0.9) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"running-mean decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.means: dict[str, torch.Tensor] = {}
+
+    def update(self, grads: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Fold in one gradient per domain; return ``cosines()``."""
+        for name, g in grads.items():
+            g = g.detach().to(torch.float64)
+            old = self.means.get(name)
+            self.means[name] = g.clone() if old is None else old.mul_(self.decay).add_(g, alpha=1 - self.decay)
+        return self.cosines()
+
+    def cosines(self) -> dict[str, float]:
+        """``conflict/model/running_cos/<a>_vs_<b>`` for every pair of domains seen (in order of first sight)."""
+        names = list(self.means)
+        out = {}
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                den = float(self.means[a].norm() * self.means[b].norm())
+                cos = float(self.means[a] @ self.means[b]) / den if den > 0 else 0.0
+                out[f"conflict/model/running_cos/{a}_vs_{b}"] = cos
+        return out
+
+
+def _running_metrics(running: RunningCosines | None) -> dict[str, float]:
+    return {} if running is None else running.cosines()
