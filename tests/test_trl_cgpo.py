@@ -99,17 +99,29 @@ def test_refuses_what_it_cannot_run(tmp_path):
     def reward(completions, **_):
         return [0.0] * len(completions)
 
-    def make(**options):
+    def make_with(dataset, domain_column="domain", **options):
         args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2,
                           report_to="none", use_cpu=True, max_completion_length=4, **options)
-        return CGPOTrainer(model=tiny_qwen2(tokenizer), reward_funcs=[reward], args=args, train_dataset=data,
-                           processing_class=tokenizer)
+        return CGPOTrainer(model=tiny_qwen2(tokenizer), reward_funcs=[reward], args=args, train_dataset=dataset,
+                           processing_class=tokenizer, domain_column=domain_column)
+
+    def make(**options):
+        return make_with(data, **options)
 
     with pytest.raises(ValueError, match="steps_per_generation"):
         make(gradient_accumulation_steps=2, steps_per_generation=3)
     with pytest.raises(ValueError, match="entropy"):
         make(entropy_coef=0.01)
+    with pytest.raises(ValueError, match="no 'topic' column"):
+        make_with(data, domain_column="topic")
+    holes = Dataset.from_list([{"prompt": "What is 1 + 2?", "domain": "math"}, {"prompt": "Hi", "domain": None}])
+    with pytest.raises(ValueError, match=r"rows \[1\] \(1 in all\) have no 'domain' value"):
+        make_with(holes)
     trainer = make()
+    trainer.args.fp16 = True
+    with pytest.raises(ValueError, match="fp16"):
+        trainer._refuse_unsupported()
+    trainer.args.fp16 = False
     trainer.is_deepspeed_enabled = True
     with pytest.raises(ValueError, match="DeepSpeed"):
         trainer._refuse_unsupported()

@@ -169,6 +169,7 @@ class CGPOTrainer(GRPOTrainer):
                 if key not in options and hasattr(self.rule, key):
                     setattr(self.rule, key, value)
         self.domain_column = domain_column
+        self._check_domain_column()
         self.reward_ranges = dict(reward_ranges or {})
         self._window: list[Batch] = []
         self._generations = 0
@@ -188,10 +189,29 @@ class CGPOTrainer(GRPOTrainer):
             raise ValueError("CGPOTrainer does not split TRL's entropy bonus or router aux loss by domain: set "
                              "entropy_coef=0 (no adaptive entropy) and router_aux_loss_coef=0")
         args: Any = self.args
+        if getattr(args, "fp16", False):
+            raise ValueError("CGPOTrainer does not run with fp16: its per-domain sub-steps backpropagate and step "
+                             "outside accelerate's gradient scaler, so fp16 gradients would go unscaled; use bf16 "
+                             "or fp32")
         if args.steps_per_generation % args.gradient_accumulation_steps:
             raise ValueError(f"steps_per_generation ({args.steps_per_generation}) must be a multiple of "
                              f"gradient_accumulation_steps ({args.gradient_accumulation_steps}): one optimizer "
                              "step's rows must come from one generation batch")
+
+    def _check_domain_column(self) -> None:
+        """Every row of a map-style train dataset names its domain (checked once, the same on every rank,
+        rather than as an error on one rank mid-step); an iterable dataset is checked batch by batch."""
+        data: Any = self.train_dataset
+        names = getattr(data, "column_names", None)
+        if data is None or names is None or not hasattr(data, "__len__"):
+            return
+        if self.domain_column not in names:
+            raise ValueError(f"train_dataset has no {self.domain_column!r} column (it has {list(names)}): "
+                             "CGPOTrainer needs each row's domain (domain_column=...)")
+        missing = [i for i, value in enumerate(data[self.domain_column]) if value is None]
+        if missing:
+            raise ValueError(f"train_dataset rows {missing[:5]} ({len(missing)} in all) have no "
+                             f"{self.domain_column!r} value: CGPOTrainer needs each row's domain")
 
     # ---- generation: carry domains, rewards and the rollout log-probabilities ----------------
     def _training(self) -> bool:
