@@ -248,3 +248,14 @@ def test_famo_weights_come_from_each_domains_mean_reward(actor):
     with pytest.raises(ValueError, match="token_level_scores"):
         fresh = enable_domain_updates(support.cpu_engine(support.tiny_model(), actor), settings)
         fresh.train_batch(support.mini_batch(SOURCES), support.loss_function(actor))
+
+
+def test_verls_fp16_gradient_scaler_is_refused(actor):
+    """verl unscales gradients by its fp16 loss scale before clipping; the rule's backward is unscaled, so
+    running on would shrink every step by the scale (65536 at start): it must stop with an error instead."""
+    _, ours = engines(actor, UpdateSettings.from_mapping({"rule": "cgpo"}))
+    ours.scaler = torch.amp.GradScaler("cpu")
+    before = support.flat_params(ours.module)
+    with pytest.raises(ValueError, match="fp16 gradient scaler"):
+        ours.train_batch(support.mini_batch(SOURCES), support.loss_function(actor))
+    assert torch.equal(support.flat_params(ours.module), before)

@@ -284,6 +284,11 @@ class DomainUpdates:
 
     def train_batch(self, data: TensorDict, loss_function: Any) -> dict[str, Any]:
         engine: Any = self
+        if getattr(engine, "scaler", None) is not None:
+            # verl's fp16 path scales the loss in its own backward and unscales before clipping; the rule's
+            # backward is unscaled, so the unscale would shrink every gradient by the loss scale
+            raise ValueError("mdreward's update rules do not run with verl's fp16 gradient scaler (the actor's "
+                             "fsdp_config.mixed_precision.param_dtype is fp16): use bf16 (verl's default) or fp32")
         tu.maybe_fix_3d_position_ids(data)
         tu.assign_non_tensor(data, sp_size=getattr(engine, "ulysses_sequence_parallel_size", 1))
         group = engine.get_data_parallel_group()
