@@ -259,3 +259,13 @@ def test_verls_fp16_gradient_scaler_is_refused(actor):
     with pytest.raises(ValueError, match="fp16 gradient scaler"):
         ours.train_batch(support.mini_batch(SOURCES), support.loss_function(actor))
     assert torch.equal(support.flat_params(ours.module), before)
+
+
+@pytest.mark.parametrize("rule", ["pcgrad", "mgs", "gxpo", "cgpo_gxpo", "famo_gxpo"])
+def test_whole_gradient_rules_are_refused_with_more_than_one_data_parallel_rank(actor, monkeypatch, rule):
+    """verl's default FSDP1 flat parameters are shards that ``refuse_sharded`` does not recognise: the rules that
+    need whole gradients must stop before any collective, on every rank alike (the world size is patched to 2)."""
+    _, ours = engines(actor, UpdateSettings.from_mapping({"rule": rule}))
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    with pytest.raises(ValueError, match=f"{rule} needs whole gradients"):
+        ours.train_batch(support.mini_batch(SOURCES), support.loss_function(actor))
