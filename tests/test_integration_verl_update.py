@@ -269,3 +269,26 @@ def test_whole_gradient_rules_are_refused_with_more_than_one_data_parallel_rank(
     monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
     with pytest.raises(ValueError, match=f"{rule} needs whole gradients"):
         ours.train_batch(support.mini_batch(SOURCES), support.loss_function(actor))
+
+
+def test_filler_passes_report_metrics_so_verl_can_aggregate_them_over_ranks(actor):
+    """verl's worker gathers each rank's per-micro-batch metrics and ``Metric.aggregate_dp`` needs the same count
+    from every rank. A rank short of a domain's micro-batches runs zero-weighted ones: they must report too."""
+    from verl.utils.metric.utils import Metric
+    from verl.workers.engine.utils import postprocess_batch_func
+
+    from mdreward.integrations.verl_update import VerlMicroBatch, VerlObjective
+
+    engine = support.cpu_engine(support.tiny_model(), actor)
+    data = support.mini_batch(SOURCES)
+
+    def rank_metrics(passes):
+        objective = VerlObjective(engine, support.loss_function(actor), data)
+        for rows in passes:
+            mb = objective.filler() if rows is None else VerlMicroBatch(tu.index_select_tensor_dict(data, rows),
+                                                                       1.0, len(rows))
+            objective(engine.module, mb)
+        return postprocess_batch_func(output_lst=objective.outputs, indices=None, data=data)["metrics"]
+
+    full, short = rank_metrics([[0, 2], [3, 5]]), rank_metrics([[0, 2], None])  # the second rank pads one pass
+    assert Metric.aggregate_dp([full["actor/pg_loss"], short["actor/pg_loss"]]) is not None

@@ -146,8 +146,9 @@ class VerlObjective:
         loss, output = self.engine.forward_step(micro_batch.data, loss_function=self.loss_function,
                                                 forward_only=False)
         output.pop("model_output", None)
-        if micro_batch.samples:
-            self.outputs.append(output)
+        # filler passes too: verl's worker aggregates per-micro-batch metrics over the ranks with
+        # Metric.aggregate_dp, which needs every rank to report the same number of values
+        self.outputs.append(output)
         return Aggregate(loss, micro_batch.units), {}
 
 
