@@ -248,3 +248,47 @@ def test_famo_weights_come_from_each_domains_mean_reward(actor):
     with pytest.raises(ValueError, match="token_level_scores"):
         fresh = enable_domain_updates(support.cpu_engine(support.tiny_model(), actor), settings)
         fresh.train_batch(support.mini_batch(SOURCES), support.loss_function(actor))
+
+
+def test_verls_fp16_gradient_scaler_is_refused(actor):
+    """verl unscales gradients by its fp16 loss scale before clipping; the rule's backward is unscaled, so
+    running on would shrink every step by the scale (65536 at start): it must stop with an error instead."""
+    _, ours = engines(actor, UpdateSettings.from_mapping({"rule": "cgpo"}))
+    ours.scaler = torch.amp.GradScaler("cpu")
+    before = support.flat_params(ours.module)
+    with pytest.raises(ValueError, match="fp16 gradient scaler"):
+        ours.train_batch(support.mini_batch(SOURCES), support.loss_function(actor))
+    assert torch.equal(support.flat_params(ours.module), before)
+
+
+@pytest.mark.parametrize("rule", ["pcgrad", "mgs", "gxpo", "cgpo_gxpo", "famo_gxpo"])
+def test_whole_gradient_rules_are_refused_with_more_than_one_data_parallel_rank(actor, monkeypatch, rule):
+    """verl's default FSDP1 flat parameters are shards that ``refuse_sharded`` does not recognise: the rules that
+    need whole gradients must stop before any collective, on every rank alike (the world size is patched to 2)."""
+    _, ours = engines(actor, UpdateSettings.from_mapping({"rule": rule}))
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    with pytest.raises(ValueError, match=f"{rule} needs whole gradients"):
+        ours.train_batch(support.mini_batch(SOURCES), support.loss_function(actor))
+
+
+def test_filler_passes_report_metrics_so_verl_can_aggregate_them_over_ranks(actor):
+    """verl's worker gathers each rank's per-micro-batch metrics and ``Metric.aggregate_dp`` needs the same count
+    from every rank. A rank short of a domain's micro-batches runs zero-weighted ones: they must report too."""
+    from verl.utils.metric.utils import Metric
+    from verl.workers.engine.utils import postprocess_batch_func
+
+    from mdreward.integrations.verl_update import VerlMicroBatch, VerlObjective
+
+    engine = support.cpu_engine(support.tiny_model(), actor)
+    data = support.mini_batch(SOURCES)
+
+    def rank_metrics(passes):
+        objective = VerlObjective(engine, support.loss_function(actor), data)
+        for rows in passes:
+            mb = objective.filler() if rows is None else VerlMicroBatch(tu.index_select_tensor_dict(data, rows),
+                                                                       1.0, len(rows))
+            objective(engine.module, mb)
+        return postprocess_batch_func(output_lst=objective.outputs, indices=None, data=data)["metrics"]
+
+    full, short = rank_metrics([[0, 2], [3, 5]]), rank_metrics([[0, 2], None])  # the second rank pads one pass
+    assert Metric.aggregate_dp([full["actor/pg_loss"], short["actor/pg_loss"]]) is not None

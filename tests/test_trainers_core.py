@@ -654,3 +654,10 @@ def test_rules_that_need_whole_gradients_refuse_sharded_parameters(rule):
     with pytest.raises(ValueError, match="sharded \\(FSDP2\\)"):
         make_rule(rule).update(net, opt, batches, MSEObjective(), step=0)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # refused before any step
+
+
+@pytest.mark.parametrize("share_by", ["samples", "units", "micro_batches"])
+def test_a_domain_with_no_units_is_named_in_the_error(share_by):
+    """The error says which domain of the mini-batch has nothing to train on."""
+    with pytest.raises(ValueError, match="'empty_domain'"):
+        shares([domain_data(0), DomainBatch("empty_domain", [])], MSEObjective(), share_by)

@@ -177,8 +177,10 @@ def shares(batches: Sequence[DomainBatch], objective: Objective, share_by: Share
         counts = dict(zip(counts, reduced[:len(counts)]))
         units = reduced[len(counts):]
     total = sum(counts.values())
-    if total <= 0 or any(u <= 0 for u in units):
-        raise ValueError("the mini-batch has a domain with no units to train on (empty responses?)")
+    empty = [b.name for b, u in zip(batches, units) if u <= 0]
+    if total <= 0 or empty:
+        raise ValueError(f"domains {empty or [b.name for b in batches]} have no units (tokens or sequences) to train "
+                         "on in this mini-batch (empty or fully masked responses?)")
     return {name: c / total for name, c in counts.items()}
 
 

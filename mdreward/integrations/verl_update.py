@@ -53,6 +53,8 @@ CONFIG_KEY = "mdreward_update"
 #: Loss aggregations whose loss is a mean over units (tokens or sequences) that can be split by domain.
 UNIT_OF_MODE = {"token-mean": "tokens", "seq-mean-token-mean": "sequences", "seq-mean-token-sum": "sequences",
                 "seq-mean-token-sum-norm": "sequences"}
+#: Rules that need whole gradients, which verl's FSDP shards over the data-parallel ranks.
+WHOLE_GRADIENT_RULES = ("pcgrad", "mgs", "gxpo", "cgpo_gxpo", "famo_gxpo")
 #: Mini-batch indices within one scheduler step (the seed key is ``scheduler_step * STRIDE + index``).
 MINI_BATCH_STRIDE = 100_000
 
@@ -144,8 +146,9 @@ class VerlObjective:
         loss, output = self.engine.forward_step(micro_batch.data, loss_function=self.loss_function,
                                                 forward_only=False)
         output.pop("model_output", None)
-        if micro_batch.samples:
-            self.outputs.append(output)
+        # filler passes too: verl's worker aggregates per-micro-batch metrics over the ranks with
+        # Metric.aggregate_dp, which needs every rank to report the same number of values
+        self.outputs.append(output)
         return Aggregate(loss, micro_batch.units), {}
 
 
@@ -284,14 +287,22 @@ class DomainUpdates:
 
     def train_batch(self, data: TensorDict, loss_function: Any) -> dict[str, Any]:
         engine: Any = self
+        if getattr(engine, "scaler", None) is not None:
+            # verl's fp16 path scales the loss in its own backward and unscales before clipping; the rule's
+            # backward is unscaled, so the unscale would shrink every gradient by the loss scale
+            raise ValueError("mdreward's update rules do not run with verl's fp16 gradient scaler (the actor's "
+                             "fsdp_config.mixed_precision.param_dtype is fp16): use bf16 (verl's default) or fp32")
         tu.maybe_fix_3d_position_ids(data)
         tu.assign_non_tensor(data, sp_size=getattr(engine, "ulysses_sequence_parallel_size", 1))
         group = engine.get_data_parallel_group()
         settings = self.mdreward_settings
         rule = self.mdreward_rule
-        if rule.name == "pcgrad" and dist.get_world_size(group) > 1:
-            raise ValueError("pcgrad projects whole flattened gradients; under data parallelism they are sharded, "
-                             "so it runs only with one data-parallel rank")
+        ranks = dist.get_world_size(group)
+        if rule.name in WHOLE_GRADIENT_RULES and ranks > 1:
+            # verl's default FSDP1 flat parameters do not look sharded to trainers.updates.refuse_sharded
+            raise ValueError(f"{rule.name} needs whole gradients (to project them, or their norms); under verl's FSDP "
+                             f"each of the {ranks} data-parallel ranks holds a shard, so it runs only with one "
+                             "data-parallel rank")
         config = getattr(loss_function, "keywords", {}).get("config")
         mode = str(getattr(config, "loss_agg_mode", "token-mean"))
         batches = split_by_domain(data, settings.table(), group, mode, settings.reward_range)
