@@ -224,3 +224,15 @@ def test_cli_on_a_trainers_checkpoint_and_on_hf_dirs(tmp_path):
     with pytest.raises(SystemExit):  # conflict without --base: a usage error, not a traceback
         rollback.main([f"--before={tmp_path / 'before.pt'}", f"--after={tmp_path / 'after.pt'}",
                        "--fraction", "0.1", "--out", str(tmp_path / "x")])
+
+
+def test_a_head_size_that_does_not_divide_the_projections_is_an_error_not_a_silent_misgrouping(tmp_path):
+    """Query rows 8, key/value rows 4: a head size of 3 would otherwise score mixed-row 'heads'."""
+    _, before, after = _three_states()
+    with pytest.raises(ValueError, match="--head-dim 3"):
+        rollback.find_groups(after, 3, scope="attn")
+    torch.save({"model": before}, tmp_path / "before.pt")
+    torch.save({"model": after}, tmp_path / "after.pt")
+    with pytest.raises(SystemExit):  # a usage error naming --head-dim, not a traceback or a wrong rollback
+        rollback.main([f"--before={tmp_path / 'before.pt'}", f"--after={tmp_path / 'after.pt'}", "--head-dim", "3",
+                       "--scope", "attn", "--criterion", "magnitude", "--fraction", "0.5", "--out", str(tmp_path / "x")])

@@ -85,7 +85,11 @@ def find_groups(state: State, head_dim: int | None, scope: str = "mlp") -> list[
                 raise ValueError("attention components need the head size: pass --head-dim (or a checkpoint "
                                  "whose model config is readable)")
             prefix = attn.group(1)
-            q_heads, kv_heads = state[key].shape[0] // head_dim, state[f"{prefix}k_proj.weight"].shape[0] // head_dim
+            q_rows, kv_rows = state[key].shape[0], state[f"{prefix}k_proj.weight"].shape[0]
+            if q_rows % head_dim or kv_rows % head_dim:
+                raise ValueError(f"--head-dim {head_dim} does not divide the {q_rows} query rows and {kv_rows} "
+                                 f"key/value rows of {prefix.rstrip('.')}: wrong head size")
+            q_heads, kv_heads = q_rows // head_dim, kv_rows // head_dim
             groups.append(Group("attn", prefix + "q_heads", q_heads,
                                 _parts(state, prefix, [("q_proj", 0), ("o_proj", 1)], head_dim)))
             groups.append(Group("attn", prefix + "kv_heads", kv_heads,
