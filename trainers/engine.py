@@ -135,6 +135,8 @@ class LocalEngine:
         self.rule = self._make_rule()
         if u.conflict_metrics:
             check_grouping(u.module_groups)  # a bad value fails here, not at the first update
+        elif u.conflict_noise_floor:
+            raise ValueError("config [update]: conflict_noise_floor needs conflict_metrics = true")
         self.objective = GRPOObjective(self.grpo, cfg.rollout.temperature, self.device)
         self.scorer = scorer or Scorer(ScoringConfig(format_rules=FormatRules(
             require_think=cfg.data.require_think, think_in_prompt=cfg.data.think_in_prompt)))
@@ -377,9 +379,10 @@ class LocalEngine:
 
     def _conflict_metrics(self, batches: list[DomainBatch]) -> dict[str, float]:
         """``update.conflict_metrics``: per-module inter-domain gradient cosines before the rule's update
-        (skipped for a rule that reports them from its own per-domain gradients, e.g. MGS)."""
+        (skipped for a rule that reports them from its own per-domain gradients, e.g. MGS, unless the
+        noise floor is asked for: such a rule does not split its domains into halves)."""
         u = self.cfg.update
-        if not u.conflict_metrics or getattr(self.rule, "measures_conflicts", False):
+        if not u.conflict_metrics or (getattr(self.rule, "measures_conflicts", False) and not u.conflict_noise_floor):
             return {}
         return measure_conflicts(self.model, self.optimizer, batches, self.objective, grouping=u.module_groups,
                                  share_by=u.share_by, domain_weights=u.domain_weights,  # type: ignore[arg-type]
