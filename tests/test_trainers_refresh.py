@@ -236,3 +236,45 @@ def test_a_head_size_that_does_not_divide_the_projections_is_an_error_not_a_sile
     with pytest.raises(SystemExit):  # a usage error naming --head-dim, not a traceback or a wrong rollback
         rollback.main([f"--before={tmp_path / 'before.pt'}", f"--after={tmp_path / 'after.pt'}", "--head-dim", "3",
                        "--scope", "attn", "--criterion", "magnitude", "--fraction", "0.5", "--out", str(tmp_path / "x")])
+
+
+class _Retrained(Exception):
+    pass
+
+
+def test_forgetting_benchmark_retrains_when_the_kept_checkpoints_came_from_another_config(tmp_path, monkeypatch):
+    """Checkpoints left by a run with another --order (or --set) must not be evaluated as this run's."""
+    import argparse
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "forgetting_refresh_rollback.py"
+    spec = importlib.util.spec_from_file_location("forgetting_refresh_rollback", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "forgetting_refresh_rollback", bench)
+    spec.loader.exec_module(bench)
+
+    def args(order):
+        return argparse.Namespace(order=order, phase_steps=2, refresh_steps=1, set=[], eval_samples=2,
+                                  policy=str(tmp_path / "policy"), out=str(tmp_path / "out"), name="t", seeds=[1],
+                                  plot=None, fractions=[0.5], criteria=["random"], scopes=["mlp"])
+
+    old, steps = bench.run_config(args(["max", "arith", "prog"]), 1, tmp_path / "out" / "seed1")
+    (tmp_path / "out" / "seed1").mkdir(parents=True)
+    for step in steps.values():  # what a finished run with the other order leaves behind
+        torch.save({"model": {}, "config": old.to_dict()}, tmp_path / "out" / "seed1" / f"checkpoint-{step}.pt")
+    new, _ = bench.run_config(args(["arith", "max", "prog"]), 1, tmp_path / "out" / "seed1")
+    assert bench.trained_with(old, [tmp_path / "out" / "seed1" / f"checkpoint-{s}.pt" for s in steps.values()])
+
+    class Engine:
+        def __init__(self, cfg, scorer=None):
+            self.cfg = cfg
+
+        def train(self):
+            assert self.cfg.data.curriculum_order == ["arith", "max", "prog"]
+            raise _Retrained
+
+    monkeypatch.setattr(bench, "LocalEngine", Engine)
+    with pytest.raises(_Retrained):
+        bench.one_seed(args(["arith", "max", "prog"]), 1, scorer=None)
