@@ -278,3 +278,15 @@ def test_forgetting_benchmark_retrains_when_the_kept_checkpoints_came_from_anoth
     monkeypatch.setattr(bench, "LocalEngine", Engine)
     with pytest.raises(_Retrained):
         bench.one_seed(args(["arith", "max", "prog"]), 1, scorer=None)
+
+
+def test_cli_names_the_argument_whose_file_is_not_a_checkpoint(tmp_path, capsys):
+    _, before, _ = _three_states()
+    torch.save({"model": before}, tmp_path / "before.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint", encoding="utf-8")
+    (tmp_path / "empty").mkdir()
+    for bad, flag in ((tmp_path / "notes.pt", "--after"), (tmp_path / "empty", "--after")):
+        with pytest.raises(SystemExit):
+            rollback.main([f"--before={tmp_path / 'before.pt'}", f"--after={bad}", "--criterion", "magnitude",
+                           "--fraction", "0.1", "--out", str(tmp_path / "x")])
+        assert f"{flag} {bad}" in capsys.readouterr().err
