@@ -287,3 +287,13 @@ def test_gxpo_options_are_refused_where_no_rule_reads_them_or_not_a_table():
     for rule, inner in (("gxpo", "joint"), ("cgpo_gxpo", "joint"), ("famo_gxpo", "joint"), ("capo", "cgpo_gxpo")):
         cfg = from_dict({"update": {"rule": rule, "capo_inner": inner, "gxpo": {"alpha": 0.3}}})
         assert cfg.update.gxpo == {"alpha": 0.3}
+
+
+def test_capo_options_are_refused_without_the_capo_rule():
+    from trainers.config import from_dict
+
+    with pytest.raises(ValueError, match=r"\['capo_fisher_tau'\] are set but rule 'joint' is not capo"):
+        from_dict({"update": {"rule": "joint", "capo_fisher_tau": 0.0}})
+    cfg = from_dict({"update": {"rule": "capo", "capo_fisher_tau": 0.0, "capo_inner": "cgpo"}})
+    assert cfg.update.capo_fisher_tau == 0.0
+    assert from_dict({"update": {"rule": "joint", "capo_top_k": 50}}).update.rule == "joint"  # the default: fine

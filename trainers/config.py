@@ -100,6 +100,12 @@ class UpdateConfig:
         if self.gxpo is not None and not isinstance(self.gxpo, Mapping):
             raise ValueError(f"config [update]: gxpo must be a table (TOML) or a JSON object such as "
                              f"'update.gxpo={{\"alpha\": 0.5}}', got {self.gxpo!r}")
+        if self.rule != "capo":
+            changed = sorted(f.name for f in dataclasses.fields(self)
+                             if f.name.startswith("capo_") and getattr(self, f.name) != f.default)
+            if changed:
+                raise ValueError(f"config [update]: {changed} are set but rule {self.rule!r} is not capo; "
+                                 "they apply only with rule = \"capo\"")
         effective = self.capo_inner if self.rule == "capo" else self.rule
         if self.gxpo and effective not in GXPO_RULES:
             raise ValueError(f"config [update]: gxpo options {sorted(self.gxpo)} are set but rule {self.rule!r} "

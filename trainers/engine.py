@@ -186,7 +186,9 @@ class LocalEngine:
         u = self.cfg.update
         if u.capo_inner == "capo":
             raise ValueError("config [update]: capo_inner must name another rule (joint, cgpo, ...), not capo")
-        outer, self.cfg = self.cfg, dataclasses.replace(self.cfg, update=dataclasses.replace(u, rule=u.capo_inner))
+        plain: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(u) if f.name.startswith("capo_")}
+        inner_update = dataclasses.replace(u, **{**plain, "rule": u.capo_inner})
+        outer, self.cfg = self.cfg, dataclasses.replace(self.cfg, update=inner_update)
         try:
             inner = self._make_rule()
         finally:
