@@ -51,6 +51,17 @@ def run_config(args: argparse.Namespace, seed: int, out_dir: Path):
     return load_config(CONFIG, overrides), {"before": p, "after": len(order) * p, "refresh": total}
 
 
+def trained_with(cfg: Any, paths: Any) -> bool:
+    """Every kept checkpoint exists and was trained with ``cfg`` (held-out sampling aside): a checkpoint
+    left by another --order, --phase-steps or --set must not be reused."""
+    def training(config: dict[str, Any]) -> dict[str, Any]:
+        return {**config, "data": {k: v for k, v in config["data"].items() if k != "eval_samples"}}
+
+    want = training(cfg.to_dict())
+    return all(p.exists() and training(torch.load(p, map_location="cpu", weights_only=False)["config"]) == want
+               for p in paths)
+
+
 def evaluate(engine: LocalEngine, state: dict[str, torch.Tensor], seed: int) -> dict[str, dict[str, float]]:
     engine.model.load_state_dict(state)
     torch.manual_seed(10_000 + seed)  # same sampling stream for every condition of this seed
@@ -67,7 +78,7 @@ def one_seed(args: argparse.Namespace, seed: int, scorer: Scorer) -> dict[str, A
         return json.loads(cache.read_text())["seed"]
     paths = {name: out / f"checkpoint-{step}.pt" for name, step in steps.items()}
     started = time.perf_counter()
-    if not all(p.exists() for p in paths.values()):
+    if not trained_with(cfg, paths.values()):
         engine = LocalEngine(cfg, scorer=scorer)
         engine.train()
         engine.close()

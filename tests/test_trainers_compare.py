@@ -156,3 +156,17 @@ def test_shipped_tiny_configs_take_the_paper_code_preset(name):
     sets to another value would refuse that."""
     cfg = load_config(CONFLICT.parent / name, ["preset=paper-code"])
     assert (cfg.update.scaling, cfg.update.share_by) == ("loss", "micro_batches")
+
+
+def test_a_seed_without_a_score_is_counted_out_visibly(tmp_path):
+    """A domain whose held-out metric is NaN in one seed (every eval unscored) leaves that seed out of the
+    domain's and the average's mean: the cell must say over how many seeds it is, not pass for all of them."""
+    nan = float("nan")
+    metrics = {"joint": {1: write_run(tmp_path / "j1", [{"x": 0.2, "y": nan}, {"x": 0.2, "y": nan}]),
+                         2: write_run(tmp_path / "j2", [{"x": 0.4, "y": 0.6}, {"x": 0.4, "y": 0.6}])}}
+    summary = cmp.summarize(metrics)
+    assert summary.stat("joint", "y") == pytest.approx((0.6, 0.0)) and summary.count("joint", "y") == 1
+    row = next(line for line in cmp.markdown(summary).splitlines() if line.startswith("| joint"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[1] == "2" and cells[2] == "+0.300 ± 0.141"          # x: both seeds
+    assert cells[3] == "+0.600 ± 0.000 (n=1)" and cells[4] == "+0.500 ± 0.000 (n=1)"  # y and the average: one

@@ -431,3 +431,17 @@ def test_engine_trains_with_mgs_and_a_configured_grouping(policy_dir, scorer, tm
         assert {"conflict/module/attn/cos/arith_vs_max", "conflict/module/other/cos/arith_vs_max",
                 "module_conflicts", "grad_norm"} <= set(logged)
         assert {"arith", "max"} <= set(record["update"])
+
+
+def test_engine_noise_floor_is_measured_under_mgs_and_refused_without_the_diagnostic(policy_dir, scorer, tmp_path):
+    """MGS reports its own inter-domain metrics, but not the halves' cosines: asking for the noise floor
+    must still give them (it was silently dropped); the noise floor alone is a config error."""
+    from trainers.engine import LocalEngine
+
+    cfg = engine_config(policy_dir, tmp_path / "mgs", rule="mgs", conflict_metrics=True, conflict_noise_floor=True)
+    engine = LocalEngine(cfg, scorer=scorer)
+    logged = engine.step(0)["update"]["_all"]
+    engine.close()
+    assert -1.0 <= logged["conflict/model/half_cos/arith"] <= 1.0
+    with pytest.raises(ValueError, match="conflict_noise_floor needs conflict_metrics"):
+        LocalEngine(engine_config(policy_dir, tmp_path / "off", conflict_noise_floor=True), scorer=scorer)

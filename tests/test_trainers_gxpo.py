@@ -271,3 +271,29 @@ def test_bad_options_fail_with_the_option_named():
         make_rule("cgpo_gxpo", gxpo={"k": 3})
     with pytest.raises(ValueError, match="fast_state"):
         GXPO(fast_state="reset")
+
+
+def test_gxpo_options_are_refused_where_no_rule_reads_them_or_not_a_table():
+    """``update.gxpo`` with a rule that ignores it (e.g. a comparison's shared --set) or written as TOML
+    inline text on the command line (a string) is an error naming the field, not silently dropped."""
+    from trainers.config import from_dict, load_config
+
+    with pytest.raises(ValueError, match=r"gxpo options \['alpha'\] are set but rule 'cgpo'"):
+        from_dict({"update": {"rule": "cgpo", "gxpo": {"alpha": 0.3}}})
+    with pytest.raises(ValueError, match="rule 'capo' does not use them"):
+        from_dict({"update": {"rule": "capo", "capo_inner": "joint", "gxpo": {"alpha": 0.3}}})
+    with pytest.raises(ValueError, match=r"gxpo must be a table"):
+        load_config("trainers/configs/tiny_cgpo.toml", ["update.rule=gxpo", "update.gxpo={alpha=0.3}"])
+    for rule, inner in (("gxpo", "joint"), ("cgpo_gxpo", "joint"), ("famo_gxpo", "joint"), ("capo", "cgpo_gxpo")):
+        cfg = from_dict({"update": {"rule": rule, "capo_inner": inner, "gxpo": {"alpha": 0.3}}})
+        assert cfg.update.gxpo == {"alpha": 0.3}
+
+
+def test_capo_options_are_refused_without_the_capo_rule():
+    from trainers.config import from_dict
+
+    with pytest.raises(ValueError, match=r"\['capo_fisher_tau'\] are set but rule 'joint' is not capo"):
+        from_dict({"update": {"rule": "joint", "capo_fisher_tau": 0.0}})
+    cfg = from_dict({"update": {"rule": "capo", "capo_fisher_tau": 0.0, "capo_inner": "cgpo"}})
+    assert cfg.update.capo_fisher_tau == 0.0
+    assert from_dict({"update": {"rule": "joint", "capo_top_k": 50}}).update.rule == "joint"  # the default: fine

@@ -224,3 +224,69 @@ def test_cli_on_a_trainers_checkpoint_and_on_hf_dirs(tmp_path):
     with pytest.raises(SystemExit):  # conflict without --base: a usage error, not a traceback
         rollback.main([f"--before={tmp_path / 'before.pt'}", f"--after={tmp_path / 'after.pt'}",
                        "--fraction", "0.1", "--out", str(tmp_path / "x")])
+
+
+def test_a_head_size_that_does_not_divide_the_projections_is_an_error_not_a_silent_misgrouping(tmp_path):
+    """Query rows 8, key/value rows 4: a head size of 3 would otherwise score mixed-row 'heads'."""
+    _, before, after = _three_states()
+    with pytest.raises(ValueError, match="--head-dim 3"):
+        rollback.find_groups(after, 3, scope="attn")
+    torch.save({"model": before}, tmp_path / "before.pt")
+    torch.save({"model": after}, tmp_path / "after.pt")
+    with pytest.raises(SystemExit):  # a usage error naming --head-dim, not a traceback or a wrong rollback
+        rollback.main([f"--before={tmp_path / 'before.pt'}", f"--after={tmp_path / 'after.pt'}", "--head-dim", "3",
+                       "--scope", "attn", "--criterion", "magnitude", "--fraction", "0.5", "--out", str(tmp_path / "x")])
+
+
+class _Retrained(Exception):
+    pass
+
+
+def test_forgetting_benchmark_retrains_when_the_kept_checkpoints_came_from_another_config(tmp_path, monkeypatch):
+    """Checkpoints left by a run with another --order (or --set) must not be evaluated as this run's."""
+    import argparse
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "forgetting_refresh_rollback.py"
+    spec = importlib.util.spec_from_file_location("forgetting_refresh_rollback", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "forgetting_refresh_rollback", bench)
+    spec.loader.exec_module(bench)
+
+    def args(order):
+        return argparse.Namespace(order=order, phase_steps=2, refresh_steps=1, set=[], eval_samples=2,
+                                  policy=str(tmp_path / "policy"), out=str(tmp_path / "out"), name="t", seeds=[1],
+                                  plot=None, fractions=[0.5], criteria=["random"], scopes=["mlp"])
+
+    old, steps = bench.run_config(args(["max", "arith", "prog"]), 1, tmp_path / "out" / "seed1")
+    (tmp_path / "out" / "seed1").mkdir(parents=True)
+    for step in steps.values():  # what a finished run with the other order leaves behind
+        torch.save({"model": {}, "config": old.to_dict()}, tmp_path / "out" / "seed1" / f"checkpoint-{step}.pt")
+    new, _ = bench.run_config(args(["arith", "max", "prog"]), 1, tmp_path / "out" / "seed1")
+    assert bench.trained_with(old, [tmp_path / "out" / "seed1" / f"checkpoint-{s}.pt" for s in steps.values()])
+
+    class Engine:
+        def __init__(self, cfg, scorer=None):
+            self.cfg = cfg
+
+        def train(self):
+            assert self.cfg.data.curriculum_order == ["arith", "max", "prog"]
+            raise _Retrained
+
+    monkeypatch.setattr(bench, "LocalEngine", Engine)
+    with pytest.raises(_Retrained):
+        bench.one_seed(args(["arith", "max", "prog"]), 1, scorer=None)
+
+
+def test_cli_names_the_argument_whose_file_is_not_a_checkpoint(tmp_path, capsys):
+    _, before, _ = _three_states()
+    torch.save({"model": before}, tmp_path / "before.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint", encoding="utf-8")
+    (tmp_path / "empty").mkdir()
+    for bad, flag in ((tmp_path / "notes.pt", "--after"), (tmp_path / "empty", "--after")):
+        with pytest.raises(SystemExit):
+            rollback.main([f"--before={tmp_path / 'before.pt'}", f"--after={bad}", "--criterion", "magnitude",
+                           "--fraction", "0.1", "--out", str(tmp_path / "x")])
+        assert f"{flag} {bad}" in capsys.readouterr().err

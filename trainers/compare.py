@@ -240,6 +240,10 @@ class Summary:
     def stat(self, label: str, key: str) -> tuple[float, float]:
         return _mean_spread([s.get(key, math.nan) for s in self.per_seed[label].values()])
 
+    def count(self, label: str, key: str) -> int:
+        """Seeds that have a (non-NaN) value of ``key``: the ones ``stat`` averages."""
+        return sum(not math.isnan(s.get(key, math.nan)) for s in self.per_seed[label].values())
+
     def time_stat(self, label: str, key: str) -> tuple[float, float]:
         return _mean_spread([t[key] for t in self.timing[label].values()])
 
@@ -276,6 +280,8 @@ def markdown(summary: Summary) -> str:
         for d in domains:
             mean, std = summary.stat(lab, d)
             text = f"{mean:+.3f} ± {std:.3f}"
+            if summary.count(lab, d) < len(summary.per_seed[lab]):  # a seed without a score: say so
+                text += f" (n={summary.count(lab, d)})"
             cells.append(f"**{text}**" if best[d] == lab and len(labels) > 1 else text)
         for key in ("step_s", "update_s"):
             mean, std = summary.time_stat(lab, key)

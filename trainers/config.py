@@ -61,6 +61,10 @@ class GRPOSection:
     kl_only_nonzero_advantage: bool = False
 
 
+#: The update rules that read ``update.gxpo``.
+GXPO_RULES = ("gxpo", "cgpo_gxpo", "famo_gxpo")
+
+
 @dataclass
 class UpdateConfig:
     rule: str = "cgpo"                   # joint | cgpo | cgpo_fix | famo | pcgrad | mgs
@@ -91,6 +95,21 @@ class UpdateConfig:
     capo_top_k: int | None = 50          # CAPO: LM-head rows per token (top-k + the sampled token); None: all
     capo_max_masked_fraction: float | None = None  # CAPO: cap on masked tokens per micro-batch (ours; off)
     gxpo: dict[str, Any] | None = None   # gxpo, cgpo_gxpo, famo_gxpo: GXPO options (GXPOSettings fields)
+
+    def __post_init__(self) -> None:
+        if self.gxpo is not None and not isinstance(self.gxpo, Mapping):
+            raise ValueError(f"config [update]: gxpo must be a table (TOML) or a JSON object such as "
+                             f"'update.gxpo={{\"alpha\": 0.5}}', got {self.gxpo!r}")
+        if self.rule != "capo":
+            changed = sorted(f.name for f in dataclasses.fields(self)
+                             if f.name.startswith("capo_") and getattr(self, f.name) != f.default)
+            if changed:
+                raise ValueError(f"config [update]: {changed} are set but rule {self.rule!r} is not capo; "
+                                 "they apply only with rule = \"capo\"")
+        effective = self.capo_inner if self.rule == "capo" else self.rule
+        if self.gxpo and effective not in GXPO_RULES:
+            raise ValueError(f"config [update]: gxpo options {sorted(self.gxpo)} are set but rule {self.rule!r} "
+                             f"does not use them (only {', '.join(GXPO_RULES)}, or capo around one of them)")
 
 
 @dataclass

@@ -135,6 +135,8 @@ class LocalEngine:
         self.rule = self._make_rule()
         if u.conflict_metrics:
             check_grouping(u.module_groups)  # a bad value fails here, not at the first update
+        elif u.conflict_noise_floor:
+            raise ValueError("config [update]: conflict_noise_floor needs conflict_metrics = true")
         self.objective = GRPOObjective(self.grpo, cfg.rollout.temperature, self.device)
         self.scorer = scorer or Scorer(ScoringConfig(format_rules=FormatRules(
             require_think=cfg.data.require_think, think_in_prompt=cfg.data.think_in_prompt)))
@@ -184,7 +186,9 @@ class LocalEngine:
         u = self.cfg.update
         if u.capo_inner == "capo":
             raise ValueError("config [update]: capo_inner must name another rule (joint, cgpo, ...), not capo")
-        outer, self.cfg = self.cfg, dataclasses.replace(self.cfg, update=dataclasses.replace(u, rule=u.capo_inner))
+        plain: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(u) if f.name.startswith("capo_")}
+        inner_update = dataclasses.replace(u, **{**plain, "rule": u.capo_inner})
+        outer, self.cfg = self.cfg, dataclasses.replace(self.cfg, update=inner_update)
         try:
             inner = self._make_rule()
         finally:
@@ -377,9 +381,10 @@ class LocalEngine:
 
     def _conflict_metrics(self, batches: list[DomainBatch]) -> dict[str, float]:
         """``update.conflict_metrics``: per-module inter-domain gradient cosines before the rule's update
-        (skipped for a rule that reports them from its own per-domain gradients, e.g. MGS)."""
+        (skipped for a rule that reports them from its own per-domain gradients, e.g. MGS, unless the
+        noise floor is asked for: such a rule does not split its domains into halves)."""
         u = self.cfg.update
-        if not u.conflict_metrics or getattr(self.rule, "measures_conflicts", False):
+        if not u.conflict_metrics or (getattr(self.rule, "measures_conflicts", False) and not u.conflict_noise_floor):
             return {}
         return measure_conflicts(self.model, self.optimizer, batches, self.objective, grouping=u.module_groups,
                                  share_by=u.share_by, domain_weights=u.domain_weights,  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -85,7 +86,11 @@ def find_groups(state: State, head_dim: int | None, scope: str = "mlp") -> list[
                 raise ValueError("attention components need the head size: pass --head-dim (or a checkpoint "
                                  "whose model config is readable)")
             prefix = attn.group(1)
-            q_heads, kv_heads = state[key].shape[0] // head_dim, state[f"{prefix}k_proj.weight"].shape[0] // head_dim
+            q_rows, kv_rows = state[key].shape[0], state[f"{prefix}k_proj.weight"].shape[0]
+            if q_rows % head_dim or kv_rows % head_dim:
+                raise ValueError(f"--head-dim {head_dim} does not divide the {q_rows} query rows and {kv_rows} "
+                                 f"key/value rows of {prefix.rstrip('.')}: wrong head size")
+            q_heads, kv_heads = q_rows // head_dim, kv_rows // head_dim
             groups.append(Group("attn", prefix + "q_heads", q_heads,
                                 _parts(state, prefix, [("q_proj", 0), ("o_proj", 1)], head_dim)))
             groups.append(Group("attn", prefix + "kv_heads", kv_heads,
@@ -233,6 +238,14 @@ def save_like(after: str | Path, out: str | Path, state: State) -> Path:
     return out / "checkpoint.pt"
 
 
+def _load_arg(flag: str, path: str) -> tuple[dict[str, torch.Tensor], int | None]:
+    """``load_state(path)``; a file that is no checkpoint is a ValueError naming the argument."""
+    try:
+        return load_state(path)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:  # torch.load / from_pretrained
+        raise ValueError(f"{flag} {path}: {exc}") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainers.rollback", description=__doc__.splitlines()[0])
     ap.add_argument("--before", required=True, help="checkpoint before the later domains' training")
@@ -246,9 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output directory (checkpoint.pt or an HF model dir, as --after)")
     args = ap.parse_args(argv)
     try:
-        before, head = load_state(args.before)
-        after, _ = load_state(args.after)
-        base = load_state(args.base)[0] if args.base else None
+        before, head = _load_arg("--before", args.before)
+        after, _ = _load_arg("--after", args.after)
+        base = _load_arg("--base", args.base)[0] if args.base else None
         groups = find_groups(after, args.head_dim or head, args.scope)
         selection = select(groups, before=before, after=after, base=base, fraction=args.fraction,
                            criterion=args.criterion, seed=args.seed)
