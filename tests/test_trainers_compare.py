@@ -68,6 +68,9 @@ def test_table_gives_mean_and_sample_std_over_seeds_and_bolds_the_best(tmp_path)
     assert data["rules"]["cgpo"]["mean"]["average"] == pytest.approx(0.1)
     png = cmp.plot(metrics, tmp_path / "cmp.png")
     assert png.stat().st_size > 2000
+    # the plot reads the table's metric: the last eval of joint seed 1 is reward 0.2 / 0.4, correct_rate 0 / 0
+    assert cmp.eval_curves(metrics)["joint"][2][1] == pytest.approx({"x": 0.2, "y": 0.4, "average": 0.3})
+    assert cmp.eval_curves(metrics, "correct_rate")["joint"][2][1] == {"x": 0.0, "y": 0.0, "average": 0.0}
 
 
 def test_rules_come_from_the_registry_and_bad_specs_are_refused(monkeypatch):

@@ -297,21 +297,30 @@ def _nan_low(x: float) -> float:
     return -math.inf if math.isnan(x) else x
 
 
-def plot(metrics: Mapping[str, Mapping[int, str | Path]], out_png: str | Path) -> Path:
-    """One panel per domain and the average: held-out reward over steps, mean over seeds, min–max band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def eval_curves(metrics: Mapping[str, Mapping[int, str | Path]],
+                metric: str = "reward") -> dict[str, dict[int, dict[int, dict[str, float]]]]:
+    """``curves[label][steps trained][seed]``: the held-out ``metric`` per domain and their average."""
     curves: dict[str, dict[int, dict[int, dict[str, float]]]] = {}
     for label, seeds in metrics.items():
         for seed, path in seeds.items():
             for r in read_metrics(path):
                 if r.get("eval"):
-                    ev = {d: m["reward"] for d, m in r["eval"].items()}
+                    ev = {d: m[metric] for d, m in r["eval"].items() if metric in m}
+                    if not ev:
+                        continue
                     ev[AVERAGE] = statistics.fmean(ev.values())
                     curves.setdefault(label, {}).setdefault(r["step"] + 1, {})[seed] = ev
+    return curves
+
+
+def plot(metrics: Mapping[str, Mapping[int, str | Path]], out_png: str | Path, metric: str = "reward") -> Path:
+    """One panel per domain and the average: the held-out ``metric`` over steps, mean over seeds, min–max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = eval_curves(metrics, metric)
     domains = sorted({d for lab in curves.values() for st in lab.values() for s in st.values() for d in s} - {AVERAGE})
     panels = [*domains, AVERAGE]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
@@ -324,7 +333,7 @@ def plot(metrics: Mapping[str, Mapping[int, str | Path]], out_png: str | Path) -
             ax.plot(xs, [statistics.fmean(v) for v in vals], color=f"C{i}", label=label, lw=1.4)
             ax.fill_between(xs, [min(v) for v in vals], [max(v) for v in vals], color=f"C{i}", alpha=0.12)
     for ax, d in zip(axes[0], panels):
-        ax.set_title(f"held-out reward: {d}", fontsize=9)
+        ax.set_title(f"held-out {metric}: {d}", fontsize=9)
         ax.set_xlabel("steps trained", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
@@ -354,7 +363,7 @@ def compare(config: str | Path, variants: Sequence[Variant], seeds: Sequence[int
     data = summary.to_dict()
     data["runs"] = {r.name: {"overrides": r.overrides, "wall_s": walls.get(r.name)} for r in runs}
     (out / "comparison.json").write_text(json.dumps(data, indent=2), encoding="utf-8")
-    png = plot(metrics, out / "comparison.png")
+    png = plot(metrics, out / "comparison.png", metric)
     say(table)
     say(f"[compare] table: {out / 'comparison.md'}\n[compare] plot: {png}")
     return summary
