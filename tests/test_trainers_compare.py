@@ -173,3 +173,17 @@ def test_a_seed_without_a_score_is_counted_out_visibly(tmp_path):
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[1] == "2" and cells[2] == "+0.300 ± 0.141"          # x: both seeds
     assert cells[3] == "+0.600 ± 0.000 (n=1)" and cells[4] == "+0.500 ± 0.000 (n=1)"  # y and the average: one
+
+
+def test_a_tiny_policy_built_for_other_options_is_refused_not_reused(tmp_path):
+    from trainers.tiny import ensure_tiny_policy
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "config.json").write_text("{}")
+    (policy / "tiny_policy.json").write_text(json.dumps({"tasks": ["first", "last"], "sft_steps": 800, "seed": 1}))
+    assert ensure_tiny_policy(policy, tasks=["first", "last"], sft_steps=800, seed=7) == policy  # seed may differ
+    with pytest.raises(ValueError, match=r"sft_steps: built 800, configured 200"):
+        ensure_tiny_policy(policy, tasks=["first", "last"], sft_steps=200, seed=1)
+    with pytest.raises(ValueError, match=r"tasks: built \['first', 'last'\], configured \['arith'\]"):
+        ensure_tiny_policy(policy, tasks=["arith"], sft_steps=800, seed=1)

@@ -149,13 +149,12 @@ def _child_env() -> dict[str, str]:
 
 def ensure_tiny_policy(cfg: TrainConfig) -> None:
     """Build a tiny policy once, before any run, so every rule and seed starts from the same weights."""
-    if cfg.model.kind != "tiny" or (Path(cfg.model.path) / "config.json").exists():
+    if cfg.model.kind != "tiny":
         return
-    from .tiny import build_tiny_policy
+    from .tiny import ensure_tiny_policy
 
-    print(f"[compare] building the tiny policy in {cfg.model.path} (seed {cfg.run.seed})", flush=True)
-    build_tiny_policy(cfg.model.path, tasks=cfg.model.tiny_tasks, sft_steps=cfg.model.tiny_sft_steps,
-                      seed=cfg.run.seed)
+    ensure_tiny_policy(cfg.model.path, tasks=cfg.model.tiny_tasks, sft_steps=cfg.model.tiny_sft_steps,
+                       seed=cfg.run.seed, who="compare")
 
 
 def run_all(runs: Sequence[PlannedRun], config: str | Path, *, jobs: int = 1,

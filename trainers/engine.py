@@ -54,11 +54,9 @@ def load_policy(cfg: TrainConfig):
     dtype = getattr(torch, m.dtype)
     kwargs: dict[str, Any]
     if m.kind == "tiny":
-        if not (Path(m.path) / "config.json").exists():
-            from .tiny import build_tiny_policy
+        from .tiny import ensure_tiny_policy
 
-            print(f"[engine] building tiny policy in {m.path} (offline, {m.tiny_sft_steps} warm-start steps)", flush=True)
-            build_tiny_policy(m.path, tasks=m.tiny_tasks, sft_steps=m.tiny_sft_steps, seed=cfg.run.seed)
+        ensure_tiny_policy(m.path, tasks=m.tiny_tasks, sft_steps=m.tiny_sft_steps, seed=cfg.run.seed)
         kind, path, kwargs = "hf", m.path, {}
     else:
         kind, path, kwargs = m.kind, m.path, {}

@@ -96,6 +96,26 @@ def build_tiny_policy(out: str | Path, *, tasks: Sequence[str] = ("arith", "max"
     return out
 
 
+def ensure_tiny_policy(out: str | Path, *, tasks: Sequence[str], sft_steps: int, seed: int, who: str = "engine") -> Path:
+    """The tiny policy under ``out``: built if missing; if present, it must have been built for the same
+    tasks and warm-start steps (its ``tiny_policy.json``), else ``ValueError`` naming the difference (a
+    policy built for other options would silently start every run from the wrong weights)."""
+    out = Path(out)
+    if not (out / "config.json").exists():
+        print(f"[{who}] building tiny policy in {out} (offline, {sft_steps} warm-start steps)", flush=True)
+        return build_tiny_policy(out, tasks=tasks, sft_steps=sft_steps, seed=seed)
+    record = out / "tiny_policy.json"
+    if record.exists():
+        built = json.loads(record.read_text())
+        wanted = {"tasks": list(tasks), "sft_steps": sft_steps}
+        differ = {k: (built.get(k), v) for k, v in wanted.items() if built.get(k) != v}
+        if differ:
+            detail = ", ".join(f"{k}: built {b!r}, configured {w!r}" for k, (b, w) in differ.items())
+            raise ValueError(f"model.path {out} holds a tiny policy built for other options ({detail}): delete it "
+                             "or point model.path elsewhere")
+    return out
+
+
 def _sft_batch(tokenizer, pairs):
     rows, label_rows = [], []
     for q, r in pairs:
