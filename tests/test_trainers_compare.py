@@ -187,3 +187,4 @@ def test_a_tiny_policy_built_for_other_options_is_refused_not_reused(tmp_path):
         ensure_tiny_policy(policy, tasks=["first", "last"], sft_steps=200, seed=1)
     with pytest.raises(ValueError, match=r"tasks: built \['first', 'last'\], configured \['arith'\]"):
         ensure_tiny_policy(policy, tasks=["arith"], sft_steps=800, seed=1)
+    assert ensure_tiny_policy(policy, tasks=["arith"], sft_steps=800, seed=1, strict=False) == policy  # a single run

@@ -56,7 +56,7 @@ def load_policy(cfg: TrainConfig):
     if m.kind == "tiny":
         from .tiny import ensure_tiny_policy
 
-        ensure_tiny_policy(m.path, tasks=m.tiny_tasks, sft_steps=m.tiny_sft_steps, seed=cfg.run.seed)
+        ensure_tiny_policy(m.path, tasks=m.tiny_tasks, sft_steps=m.tiny_sft_steps, seed=cfg.run.seed, strict=False)
         kind, path, kwargs = "hf", m.path, {}
     else:
         kind, path, kwargs = m.kind, m.path, {}

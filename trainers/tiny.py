@@ -96,10 +96,12 @@ def build_tiny_policy(out: str | Path, *, tasks: Sequence[str] = ("arith", "max"
     return out
 
 
-def ensure_tiny_policy(out: str | Path, *, tasks: Sequence[str], sft_steps: int, seed: int, who: str = "engine") -> Path:
-    """The tiny policy under ``out``: built if missing; if present, it must have been built for the same
-    tasks and warm-start steps (its ``tiny_policy.json``), else ``ValueError`` naming the difference (a
-    policy built for other options would silently start every run from the wrong weights)."""
+def ensure_tiny_policy(out: str | Path, *, tasks: Sequence[str], sft_steps: int, seed: int, who: str = "engine",
+                       strict: bool = True) -> Path:
+    """The tiny policy under ``out``: built if missing. If present but built for other tasks or warm-start
+    steps (its ``tiny_policy.json``): ``ValueError`` naming the difference when ``strict`` (a comparison
+    would start every run from weights its config does not describe), else a warning line (a single run
+    may point ``model.path`` at any tiny policy on purpose)."""
     out = Path(out)
     if not (out / "config.json").exists():
         print(f"[{who}] building tiny policy in {out} (offline, {sft_steps} warm-start steps)", flush=True)
@@ -111,8 +113,10 @@ def ensure_tiny_policy(out: str | Path, *, tasks: Sequence[str], sft_steps: int,
         differ = {k: (built.get(k), v) for k, v in wanted.items() if built.get(k) != v}
         if differ:
             detail = ", ".join(f"{k}: built {b!r}, configured {w!r}" for k, (b, w) in differ.items())
-            raise ValueError(f"model.path {out} holds a tiny policy built for other options ({detail}): delete it "
-                             "or point model.path elsewhere")
+            message = f"model.path {out} holds a tiny policy built for other options ({detail})"
+            if strict:
+                raise ValueError(f"{message}: delete it or point model.path elsewhere")
+            print(f"[{who}] note: {message}; using it as it is", flush=True)
     return out
 
 
