@@ -16,7 +16,7 @@ import torch
 
 from .conflict import Grouping, ModuleLayout, check_grouping, conflict_metrics, domain_gradients, module_grams
 from .updates import (ShareBy, Stateless, UpdateResult, _params, check_share_by, clip_and_step, importance_factors,
-                      project_conflicting, refuse_sharded, shares)
+                      project_conflicting, refuse_sharded, shares, step_generator)
 
 
 @dataclass
@@ -57,7 +57,7 @@ class MGS(Stateless):
         grads, stats = domain_gradients(model, optimizer, layout, batches, objective,
                                         {b.name: share[b.name] * factor[b.name] for b in batches})
         result = UpdateResult(order=[b.name for b in batches], domains=stats)
-        gen = torch.Generator().manual_seed((int(self.seed) * 1_000_003 + int(step)) % (2**63 - 1))
+        gen = step_generator(self.seed, step)
         merged = torch.empty_like(grads[0])
         for _, start, end in layout.modules:
             merged[start:end] = project_conflicting(grads[:, start:end], gen).sum(0)

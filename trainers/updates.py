@@ -283,6 +283,11 @@ def scaled_lr(optimizer: torch.optim.Optimizer, factor: float) -> Iterator[None]
             g["lr"] = lr
 
 
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A private generator seeded by (seed, step) alone: the same draws on every rank and after a resume."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+
+
 def seeded_order(names: Iterable[str], seed: int, step: int) -> list[str]:
     """A random permutation of ``names`` that depends only on (seed, step) and the set of names.
 
@@ -290,7 +295,7 @@ def seeded_order(names: Iterable[str], seed: int, step: int) -> list[str]:
     batches arrived in; the generator is private (never the global ``random`` or torch RNG).
     """
     ordered = sorted(names)
-    gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+    gen = step_generator(seed, step)
     return [ordered[i] for i in torch.randperm(len(ordered), generator=gen).tolist()]
 
 
@@ -627,7 +632,7 @@ class PCGrad(Stateless):
                                    for p in params]))
         grads = torch.stack(flat)
         del flat
-        gen = torch.Generator().manual_seed((int(self.seed) * 1_000_003 + int(step)) % (2**63 - 1))
+        gen = step_generator(self.seed, step)
         projected = project_conflicting(grads, gen)
         result.extra["conflicts"] = float(((grads @ grads.T) < 0).sum()) / 2
         merged = projected.sum(0)
