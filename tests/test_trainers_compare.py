@@ -131,7 +131,7 @@ def test_compare_runs_every_rule_and_seed_then_reuses_them(tmp_path, capsys):
     from trainers.tiny import build_tiny_policy
 
     policy = build_tiny_policy(tmp_path / "policy", tasks=["first", "last"], sft_steps=5, batch_size=8, log_every=0)
-    common = [f"model.path={policy}", "run.steps=1", "run.eval_every=1", "data.eval_prompts=2", "data.eval_samples=1",
+    common = [f"model.path={policy}", "model.tiny_sft_steps=5", "run.steps=1", "run.eval_every=1", "data.eval_prompts=2", "data.eval_samples=1",
               "data.prompts_per_domain=2", "rollout.group_size=2", "data.pool_size=16"]
     out = tmp_path / "cmp"
     summary = cmp.compare(CONFLICT, cmp.parse_variants("joint,cgpo"), [1], out, common=common, jobs=2)
