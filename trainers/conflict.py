@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 
-from .updates import DomainBatch, Objective, ShareBy, backward_domain, domain_units, importance_factors, shares
+from .updates import DomainBatch, Objective, ShareBy, backward_domain, domain_scales, domain_units
 
 Grouping = Union[str, Mapping[str, Sequence[str]], Callable[[str], Union[str, None]]]
 MODULE_GROUPINGS = ("layer", "type", "parameter", "model")
@@ -319,9 +319,7 @@ def measure_conflicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     if len(batches) < 2:
         return {}
     names = [b.name for b in batches]
-    share = shares(batches, objective, share_by)
-    factor = importance_factors(names, domain_weights)
-    scales = {n: share[n] * factor[n] for n in names}
+    scales = domain_scales(batches, objective, share_by, domain_weights)
     params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
     layout = ModuleLayout.of_model(model, grouping, params)
     if not noise_floor:

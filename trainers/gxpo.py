@@ -27,8 +27,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import torch
 
 from .updates import (CGPO, FAMO, DomainBatch, Objective, ShareBy, UpdateResult, _params, backward_domain,
-                      check_share_by, clip_and_step, importance_factors, refuse_sharded, scaled_lr,
-                      shares)
+                      check_share_by, clip_and_step, domain_scales, refuse_sharded, scaled_lr)
 
 #: Stabilizers of the authors' released code (``stabilize=True``): active ratios clamped to this range ...
 RATIO_BOUNDS = (-2.0, 3.0)
@@ -285,13 +284,12 @@ class GXPO(GXPOSettings):
         pass
 
     def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
-        share = shares(batches, objective, self.share_by)
-        factor = importance_factors([b.name for b in batches], self.domain_weights)
+        scale = domain_scales(batches, objective, self.share_by, self.domain_weights)
         params = [p for p in _params(optimizer) if p.requires_grad]
 
         def backward() -> dict[str, dict[str, float]]:
             optimizer.zero_grad(set_to_none=True)
-            return {b.name: backward_domain(model, b, objective, share[b.name] * factor[b.name]) for b in batches}
+            return {b.name: backward_domain(model, b, objective, scale[b.name]) for b in batches}
 
         domains, extra = extrapolated_step(self, self._gate, optimizer, params, backward,
                                            lambda: clip_and_step(model, optimizer, self.max_grad_norm))

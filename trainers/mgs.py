@@ -15,8 +15,8 @@ from typing import ClassVar, Mapping
 import torch
 
 from .conflict import Grouping, ModuleLayout, check_grouping, conflict_metrics, domain_gradients, module_grams
-from .updates import (ShareBy, Stateless, UpdateResult, _params, check_share_by, clip_and_step, importance_factors,
-                      project_conflicting, refuse_sharded, shares, step_generator)
+from .updates import (ShareBy, Stateless, UpdateResult, _params, check_share_by, clip_and_step, domain_scales,
+                      project_conflicting, refuse_sharded, step_generator)
 
 
 @dataclass
@@ -49,13 +49,11 @@ class MGS(Stateless):
         pass
 
     def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
-        share = shares(batches, objective, self.share_by)
-        factor = importance_factors([b.name for b in batches], self.domain_weights)
+        scales = domain_scales(batches, objective, self.share_by, self.domain_weights)
         params = [p for p in _params(optimizer) if p.requires_grad]
         refuse_sharded(params, "MGS", "whole per-domain gradients of each module to project")
         layout = ModuleLayout.of_model(model, self.modules, params)
-        grads, stats = domain_gradients(model, optimizer, layout, batches, objective,
-                                        {b.name: share[b.name] * factor[b.name] for b in batches})
+        grads, stats = domain_gradients(model, optimizer, layout, batches, objective, scales)
         result = UpdateResult(order=[b.name for b in batches], domains=stats)
         gen = step_generator(self.seed, step)
         merged = torch.empty_like(grads[0])

@@ -204,6 +204,14 @@ def importance_factors(names: Sequence[str], weights: Mapping[str, float] | None
 STAT_SUMS = ("tokens", "kl_tok", "clip_tok", "ratio_tok", "policy_loss_tok")
 
 
+def domain_scales(batches: Sequence[DomainBatch], objective: Objective, share_by: ShareBy = "samples",
+                  domain_weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Each domain's loss scale in a mini-batch: its share (``shares``) times its importance factor."""
+    share = shares(batches, objective, share_by)
+    factor = importance_factors([b.name for b in batches], domain_weights)
+    return {b.name: share[b.name] * factor[b.name] for b in batches}
+
+
 def backward_domain(model: torch.nn.Module, batch: DomainBatch, objective: Objective, scale: float,
                     units: float | None = None, *, data_parallel: DataParallel | None = None) -> dict[str, float]:
     """Accumulate ``scale * L_k`` gradients over the domain's micro-batches; return its metrics.
@@ -330,12 +338,11 @@ class Joint(Stateless):
         pass
 
     def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
-        share = shares(batches, objective, self.share_by)
-        factor = importance_factors([b.name for b in batches], self.domain_weights)
+        scale = domain_scales(batches, objective, self.share_by, self.domain_weights)
         optimizer.zero_grad(set_to_none=True)
         result = UpdateResult(order=[b.name for b in batches])
         for b in batches:
-            result.domains[b.name] = backward_domain(model, b, objective, share[b.name] * factor[b.name])
+            result.domains[b.name] = backward_domain(model, b, objective, scale[b.name])
         result.extra["grad_norm"] = clip_and_step(model, optimizer, self.max_grad_norm)
         if scheduler is not None:
             scheduler.step()
@@ -402,8 +409,7 @@ class CGPO:
 
     def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
         by_name = {b.name: b for b in batches}
-        share = shares(batches, objective, self.share_by)
-        factor = importance_factors(list(by_name), self.domain_weights)
+        scales = domain_scales(batches, objective, self.share_by, self.domain_weights)
         order = self.domain_order(by_name, step)
         params = [p for p in _params(optimizer) if p.requires_grad]
         phi0 = None
@@ -414,9 +420,9 @@ class CGPO:
                         for p in params]
         result = UpdateResult(order=order)
         for name in order:
-            scale = share[name] * factor[name]
             with self._optimizer_state_of(optimizer, name):
-                result.domains[name] = self._domain_step(model, optimizer, by_name[name], objective, scale, params)
+                result.domains[name] = self._domain_step(model, optimizer, by_name[name], objective, scales[name],
+                                                         params)
         optimizer.zero_grad(set_to_none=True)
         if phi0 is not None:
             with torch.no_grad():
@@ -619,15 +625,14 @@ class PCGrad(Stateless):
         pass
 
     def update(self, model, optimizer, batches, objective, *, step, scheduler=None) -> UpdateResult:
-        share = shares(batches, objective, self.share_by)
-        factor = importance_factors([b.name for b in batches], self.domain_weights)
+        scale = domain_scales(batches, objective, self.share_by, self.domain_weights)
         params = [p for p in _params(optimizer) if p.requires_grad]
         refuse_sharded(params, "PCGrad", "whole per-domain gradients to project")
         result = UpdateResult(order=[b.name for b in batches])
         flat = []
         for b in batches:
             optimizer.zero_grad(set_to_none=True)
-            result.domains[b.name] = backward_domain(model, b, objective, share[b.name] * factor[b.name])
+            result.domains[b.name] = backward_domain(model, b, objective, scale[b.name])
             flat.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                                    for p in params]))
         grads = torch.stack(flat)
